@@ -1,0 +1,26 @@
+"""The ``normkit`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="normkit", description="Batch normalization and its family.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="train a small model with normkit's BatchNorm next to torch's")
+    demo.add_argument("--epochs", type=int, default=4)
+    demo.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import quickstart
+
+        return quickstart.run(epochs=args.epochs, batch=args.batch)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""``normkit demo``: batch normalization's claims put to the test on data."""

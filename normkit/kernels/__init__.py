@@ -1,0 +1,11 @@
+"""Fused Numba CPU kernels with the contracts of :mod:`normkit.reference`.
+
+Inputs are trusted (validated by the front ends) C-contiguous float32/float64
+``(P, C, L)`` views; see :mod:`normkit.kernels.norm` for the shared core and
+:mod:`normkit.kernels.layout` for how an array with a channel axis is viewed.
+"""
+
+from .layout import ChannelView, channel_view
+from .norm import inv_std, moments, normalize, normalize_backward
+
+__all__ = ["ChannelView", "channel_view", "inv_std", "moments", "normalize", "normalize_backward"]

@@ -1,0 +1,36 @@
+"""Zero-copy passage between CPU torch tensors and the kernels' ``(P, C, L)`` NumPy views."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..kernels.layout import ChannelView, channel_view
+
+__all__ = ["as_view", "new_like_view"]
+
+
+def as_view(t: torch.Tensor, axis: int, like: Optional[ChannelView] = None) -> Tuple[np.ndarray, ChannelView]:
+    """A C-contiguous ``(P, C, L)`` NumPy view sharing ``t``'s memory (a copy only if ``t``
+    is in neither layout, or, with ``like``, not in that view's layout)."""
+    t = t.detach()
+    view = like if like is not None else channel_view(t.shape, t.stride(), axis)
+    if view is None:
+        t = t.contiguous()
+        view = channel_view(t.shape, t.stride(), axis)
+    moved = t if view.perm is None else t.permute(view.perm)
+    return moved.contiguous().numpy().reshape(view.shape), view
+
+
+def new_like_view(shape: torch.Size, view: ChannelView, dtype: torch.dtype) -> Tuple[torch.Tensor, np.ndarray]:
+    """A new tensor of ``shape`` in ``view``'s memory layout, and its ``(P, C, L)`` view."""
+    if view.perm is None:
+        out = torch.empty(shape, dtype=dtype)
+        return out, out.numpy().reshape(view.shape)
+    moved = torch.empty([shape[a] for a in view.perm], dtype=dtype)
+    inverse = [0] * len(view.perm)
+    for i, a in enumerate(view.perm):
+        inverse[a] = i
+    return moved.permute(inverse), moved.numpy().reshape(view.shape)
