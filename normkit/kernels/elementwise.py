@@ -4,8 +4,12 @@ Both are per-channel affine maps over a C-contiguous ``(P, C, L)`` view,
 computed in the input's dtype with coefficients prepared in float64 and
 rounded once:
 
-* forward / inference: ``y = a[c] * x + b[c]`` -- normalization and the learned
-  affine folded into one multiply-add per element;
+* forward / inference: ``y = (x - m[c]) * a[c] + b[c]`` -- normalization and the
+  learned affine folded into one subtract and one multiply-add per element. ``m``
+  is the mean rounded to the input's dtype and ``b`` carries the rounding
+  remainder, so that the large offsets cancel exactly (``x - m``) instead of
+  after a multiplication: a constant channel gives exactly ``bias``, and data
+  with mean 1e4 and std 1 in float32 keeps its relative precision;
 * backward: ``dx = a[c] * dy + b[c] * (x - m[c]) + k[c]``.
 
 The memory pattern follows :mod:`.reduce`: long contiguous runs are processed as
@@ -28,25 +32,28 @@ _ROW_BLOCK_ELEMS = 1 << 14
 
 
 @kernel
-def _rows_affine(x, a, b, out, chunk):
+def _rows_affine(x, m, a, b, out, chunk):
     P, C, L = x.shape
     K = max(1, (L + chunk - 1) // chunk)
     for t in prange(P * C * K):
         p, c, lo, n = task_bounds(t, C, K, L, chunk)
         xr = x[p, c, lo:lo + n]
         o = out[p, c, lo:lo + n]
+        mc = m[c]
         ac = a[c]
         bc = b[c]
         for i in range(n):
-            o[i] = xr[i] * ac + bc
+            o[i] = (xr[i] - mc) * ac + bc
 
 
 @kernel
-def _cols_affine(x, a, b, out, group, rows_per_task):
+def _cols_affine(x, m, a, b, out, group, rows_per_task):
     M, W = x.shape
+    mw = np.empty(W, dtype=x.dtype)
     aw = np.empty(W, dtype=x.dtype)
     bw = np.empty(W, dtype=x.dtype)
     for j in range(W):
+        mw[j] = m[j // group]
         aw[j] = a[j // group]
         bw[j] = b[j // group]
     ntasks = (M + rows_per_task - 1) // rows_per_task
@@ -55,7 +62,7 @@ def _cols_affine(x, a, b, out, group, rows_per_task):
             xr = x[r]
             o = out[r]
             for j in range(W):
-                o[j] = xr[j] * aw[j] + bw[j]
+                o[j] = (xr[j] - mw[j]) * aw[j] + bw[j]
 
 
 @kernel
@@ -102,14 +109,14 @@ def _rows_per_task(W: int) -> int:
     return max(1, _ROW_BLOCK_ELEMS // max(1, W))
 
 
-def channel_affine(x: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out = a[c] * x + b[c]`` over a ``(P, C, L)`` view; ``a``, ``b`` have ``x``'s dtype."""
+def channel_affine(x: np.ndarray, m: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = (x - m[c]) * a[c] + b[c]`` over a ``(P, C, L)`` view; ``m``, ``a``, ``b`` have ``x``'s dtype."""
     P, C, L = x.shape
     if L >= ROW_MIN:
-        _rows_affine(x, a, b, out, CHUNK)
+        _rows_affine(x, m, a, b, out, CHUNK)
     else:
         W = C * L
-        _cols_affine(x.reshape(P, W), a, b, out.reshape(P, W), L, _rows_per_task(W))
+        _cols_affine(x.reshape(P, W), m, a, b, out.reshape(P, W), L, _rows_per_task(W))
     return out
 
 

@@ -41,7 +41,9 @@ class ChannelView:
 
 
 def is_contiguous(shape: Sequence[int], strides: Sequence[int]) -> bool:
-    """Row-major contiguity in elements; size-1 axes may have any stride."""
+    """Row-major contiguity in elements; size-1 axes may have any stride, empty arrays any."""
+    if 0 in shape:
+        return True
     expected = 1
     for size, stride in zip(reversed(shape), reversed(strides)):
         if size != 1 and stride != expected:

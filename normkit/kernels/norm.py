@@ -17,9 +17,24 @@ checked once by the public front ends.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import functools
+from typing import Callable, Optional, Tuple, TypeVar
 
 import numpy as np
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def _quiet(fn: _F) -> _F:
+    """NaN/Inf in the data flow through the statistics by design (the layers apply a
+    documented policy to them); NumPy's floating-point warnings would only be noise."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 from .elementwise import channel_affine, channel_affine2
 from .reduce import channel_sums
@@ -27,6 +42,7 @@ from .reduce import channel_sums
 __all__ = ["moments", "normalize", "normalize_backward", "inv_std"]
 
 
+@_quiet
 def moments(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and biased variance (float64) of a ``(P, C, L)`` view with ``P*L > 0``."""
     P, C, L = x.shape
@@ -39,11 +55,13 @@ def moments(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
+@_quiet
 def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
     """``1 / sqrt(var + eps)`` in float64."""
     return 1.0 / np.sqrt(var + eps)
 
 
+@_quiet
 def normalize(
     x: np.ndarray,
     mean: np.ndarray,
@@ -52,14 +70,21 @@ def normalize(
     bias: Optional[np.ndarray],
     out: np.ndarray,
 ) -> np.ndarray:
-    """``out = weight * (x - mean) * rstd + bias``, one multiply-add per element."""
+    """``out = weight * (x - mean) * rstd + bias`` as ``(x - m) * a + b`` per element.
+
+    ``m`` is ``mean`` rounded to ``x``'s dtype, ``a = weight * rstd`` and
+    ``b = bias - (mean - m) * a`` takes up the rounding of ``m``.
+    """
+    t = x.dtype
     scale = rstd if weight is None else rstd * weight
-    shift = -mean * scale
+    m = mean.astype(t)
+    shift = -(mean - m.astype(np.float64)) * scale
     if bias is not None:
         shift = shift + bias
-    return channel_affine(x, scale.astype(x.dtype), shift.astype(x.dtype), out)
+    return channel_affine(x, m, scale.astype(t), shift.astype(t), out)
 
 
+@_quiet
 def normalize_backward(
     dy: np.ndarray,
     x: np.ndarray,
@@ -87,10 +112,13 @@ def normalize_backward(
     if dx is not None:
         g = rstd if weight is None else rstd * weight
         if batch_stats:
-            b = -g * rstd * rstd * s2 / n
-            k = -g * s1 / n
             t = x.dtype
-            channel_affine2(dy, x, g.astype(t), b.astype(t), mean.astype(t), k.astype(t), dx)
+            m = mean.astype(t)
+            b = -g * rstd * rstd * s2 / n
+            # b * (x - mean) = b * (x - m) + b * (m - mean): the rounding of m goes to k
+            k = -g * s1 / n + b * (m.astype(np.float64) - mean)
+            channel_affine2(dy, x, g.astype(t), b.astype(t), m, k.astype(t), dx)
         else:
-            channel_affine(dy, g.astype(dy.dtype), np.zeros(C, dy.dtype), dx)
+            zeros = np.zeros(C, dy.dtype)
+            channel_affine(dy, zeros, g.astype(dy.dtype), zeros, dx)
     return dx, dweight, s1

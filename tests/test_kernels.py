@@ -1,0 +1,227 @@
+"""The NumPy front end (fused kernels) against the float64 reference, and BN's invariants."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import normkit.kernels.elementwise as elementwise
+import normkit.kernels.reduce as reduce
+from normkit import reference as ref
+from normkit.numpy import batch_norm, batch_norm_backward
+
+DTYPES = [np.float32, np.float64, np.float16]
+
+
+@st.composite
+def cases(draw, dtypes=DTYPES):
+    ndim = draw(st.integers(1, 5))
+    shape = draw(st.lists(st.integers(1, 6), min_size=ndim, max_size=ndim))
+    axis = draw(st.integers(-ndim, ndim - 1))
+    if np.prod(shape) // shape[axis] < 2:  # training needs two values per channel
+        shape[0 if axis % ndim != 0 else -1] = 2 if ndim > 1 else shape[0]
+    if ndim == 1:
+        shape, axis = [draw(st.integers(2, 5)), draw(st.integers(1, 4))], 1
+    layout = draw(st.sampled_from(["contiguous", "channels_last", "strided"]))
+    dtype = draw(st.sampled_from(dtypes))
+    seed = draw(st.integers(0, 2**31 - 1))
+    offset = draw(st.sampled_from([0.0, 3.0, -200.0]))
+    scale = draw(st.sampled_from([1.0, 0.01, 50.0]))
+    return tuple(shape), axis, layout, np.dtype(dtype), seed, offset, scale
+
+
+def make_input(shape, axis, layout, dtype, seed, offset, scale):
+    rng = np.random.default_rng(seed)
+    C = shape[axis]
+    if layout == "channels_last":  # channel axis fastest in memory
+        x = np.moveaxis(rng.normal(size=shape[:axis % len(shape)] + shape[axis % len(shape) + 1:] + (C,)), -1, axis)
+    elif layout == "strided":
+        big = list(shape)
+        big[0] *= 2
+        x = rng.normal(size=big)[::2]
+    else:
+        x = rng.normal(size=shape)
+    chan = [1] * len(shape)
+    chan[axis] = C
+    x = x * scale * rng.uniform(0.5, 2.0, C).reshape(chan) + offset
+    x = x.astype(dtype)
+    assert x.shape == shape
+    return x, rng
+
+
+def tolerance(dtype, offset, scale):
+    # Errors in normalized units: rounding of the input's dtype, magnified by |mean|/std.
+    eps = {np.float16: 2e-3, np.float32: 2e-6, np.float64: 1e-12}[dtype.type]
+    return 4 * eps * (1 + abs(offset) / scale)
+
+
+@given(cases())
+def test_forward_matches_reference(case):
+    shape, axis, layout, dtype, seed, offset, scale = case
+    x, rng = make_input(shape, axis, layout, dtype, seed, offset, scale)
+    C = shape[axis]
+    w, b = rng.uniform(0.5, 2.0, C), rng.normal(size=C)
+    y, mean, var = batch_norm(x, w, b, axis=axis)
+    y_ref, mean_ref, var_ref = ref.batch_norm(x, w, b, axis=axis)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    tol = tolerance(dtype, offset, scale)
+    np.testing.assert_allclose(y, y_ref, atol=tol * 4, rtol=tol)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-12, atol=1e-12 * (abs(offset) + scale))
+    np.testing.assert_allclose(var, var_ref, rtol=1e-9, atol=1e-12 * scale**2)
+    # inference with the same numbers as running statistics
+    rm, rv = rng.normal(size=C), rng.uniform(0.5, 2.0, C) * scale**2
+    y, _, _ = batch_norm(x, w, b, running_mean=rm, running_var=rv, training=False, axis=axis)
+    y_ref, _, _ = ref.batch_norm(x, w, b, running_mean=rm, running_var=rv, training=False, axis=axis)
+    np.testing.assert_allclose(y, y_ref, atol=tol * 4 * (1 + abs(offset)), rtol=tol)
+
+
+@given(cases(), st.booleans())
+def test_backward_matches_reference(case, training):
+    shape, axis, layout, dtype, seed, offset, scale = case
+    x, rng = make_input(shape, axis, layout, dtype, seed, offset, scale)
+    C = shape[axis]
+    w = rng.uniform(0.5, 2.0, C)
+    dy = rng.normal(size=shape).astype(dtype)
+    if training:
+        mean, var = ref.batch_stats(x, axis)
+    else:
+        mean, var = rng.normal(size=C) * scale + offset, rng.uniform(0.5, 2.0, C) * scale**2
+    dx, dw, db = batch_norm_backward(dy, x, mean, var, w, training=training, axis=axis)
+    dx_ref, dw_ref, db_ref = ref.batch_norm_backward(dy, x, mean, var, w, training=training, axis=axis)
+    assert dx.dtype == x.dtype and dx.shape == x.shape
+    tol = tolerance(dtype, offset, scale)
+    # the size of the terms that cancel in dx (n = 2 gives dx = 0 exactly)
+    gscale = np.abs(dy.astype(np.float64)).max() * (w / np.sqrt(var + 1e-5)).max()
+    np.testing.assert_allclose(dx, dx_ref, atol=tol * 8 * gscale, rtol=tol)
+    n = x.size // C
+    np.testing.assert_allclose(db, db_ref, atol=1e-10 * n, rtol=1e-9)
+    dw_tol = {np.float16: 1e-2, np.float32: 1e-5, np.float64: 1e-10}[dtype.type] * (1 + abs(offset) / scale)
+    np.testing.assert_allclose(dw, dw_ref, atol=dw_tol * n, rtol=dw_tol)
+
+
+@given(cases(dtypes=[np.float64]))
+def test_output_is_standardized(case):
+    shape, axis, layout, dtype, seed, offset, scale = case
+    x, _ = make_input(shape, axis, layout, dtype, seed, offset, scale)
+    y, _, _ = batch_norm(x, eps=0.0, axis=axis)
+    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    np.testing.assert_allclose(y.mean(axis=axes), 0.0, atol=1e-9)
+    np.testing.assert_allclose(y.var(axis=axes), 1.0, rtol=1e-9)
+
+
+@given(cases(dtypes=[np.float64]), st.integers(0, 2**31 - 1))
+def test_invariant_to_per_channel_affine_of_the_input(case, seed):
+    shape, axis, layout, dtype, seed0, offset, scale = case
+    x, _ = make_input(shape, axis, layout, dtype, seed0, offset, scale)
+    rng = np.random.default_rng(seed)
+    chan = [1] * x.ndim
+    chan[axis] = shape[axis]
+    a = rng.uniform(0.1, 10.0, shape[axis]).reshape(chan)
+    b = rng.normal(0, 100, shape[axis]).reshape(chan)
+    y1, _, _ = batch_norm(x, eps=0.0, axis=axis)
+    y2, _, _ = batch_norm(a * x + b, eps=0.0, axis=axis)
+    np.testing.assert_allclose(y2, y1, atol=1e-8)
+
+
+def test_large_offset_float32_keeps_precision():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(64, 8, 32, 32)) + 1e4).astype(np.float32)
+    y, mean, var = batch_norm(x)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(var, x64.var(axis=(0, 2, 3)), rtol=1e-9)
+    np.testing.assert_allclose(y.astype(np.float64).var(axis=(0, 2, 3)), 1.0, rtol=1e-3)
+    np.testing.assert_allclose(y.astype(np.float64).mean(axis=(0, 2, 3)), 0.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_constant_channel_gives_bias(layout, dtype):
+    x = np.random.default_rng(1).normal(size=(4, 3, 5, 5)).astype(dtype)
+    x[:, 1] = 12345.678
+    if layout == "channels_last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    bias = np.array([0.5, -0.25, 2.0], dtype=dtype)
+    y, _, var = batch_norm(x, np.ones(3), bias)
+    assert var[1] == 0.0
+    assert np.all(y[:, 1] == bias[1])
+    assert np.isfinite(y).all()
+    dx, dw, db = batch_norm_backward(np.ones_like(x), x, *batch_norm(x)[1:])
+    assert np.isfinite(dx).all()
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 50), (2, 3, 7), (1000, 3, 1), (5, 2100, 1)])
+def test_split_work_agrees(monkeypatch, shape):
+    """Tiny chunk and block sizes force every run to be split across tasks."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(3.0, 2.0, shape)
+    dy = rng.normal(size=shape)
+    y_ref, mean_ref, var_ref = ref.batch_norm(x)
+    dx_ref, dw_ref, db_ref = ref.batch_norm_backward(dy, x, mean_ref, var_ref)
+    monkeypatch.setattr(reduce, "CHUNK", 16)
+    monkeypatch.setattr(elementwise, "CHUNK", 16)
+    monkeypatch.setattr(reduce, "COL_BLOCK", 64)
+    monkeypatch.setattr(reduce, "COL_TASK_ELEMS", 64)
+    monkeypatch.setattr(elementwise, "_ROW_BLOCK_ELEMS", 64)
+    y, mean, var = batch_norm(x)
+    dx, dw, db = batch_norm_backward(dy, x, mean, var)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-12)
+    np.testing.assert_allclose(var, var_ref, rtol=1e-10)
+    np.testing.assert_allclose(y, y_ref, atol=1e-10)
+    np.testing.assert_allclose(dx, dx_ref, atol=1e-10)
+    np.testing.assert_allclose(dw, dw_ref, atol=1e-9)
+    np.testing.assert_allclose(db, db_ref, atol=1e-9)
+
+
+def test_shift_removes_cancellation():
+    """Raw E[x^2] - E[x]^2 in float64 loses everything here; the shifted sums do not."""
+    rng = np.random.default_rng(3)
+    x = 1e9 + rng.normal(size=(4096, 2, 1))
+    _, _, var = batch_norm(x)
+    exact = x.astype(np.float64).var(axis=(0, 2))
+    naive = (x**2).mean(axis=(0, 2)) - x.mean(axis=(0, 2)) ** 2
+    assert np.abs(naive - exact).max() > 1e-3  # the naive formula really does fail here
+    np.testing.assert_allclose(var, exact, rtol=1e-7)
+
+
+def test_results_do_not_depend_on_thread_count():
+    import numba
+
+    x = np.random.default_rng(4).normal(size=(700, 33, 1)).astype(np.float32)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in (1, before):
+            numba.set_num_threads(threads)
+            results.append(batch_norm(x)[2])
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("bad,exc,match", [
+    (np.arange(12).reshape(3, 4), TypeError, "floating-point input"),
+    (np.ones((1, 4)), ValueError, "more than 1 value per channel"),
+])
+def test_functional_errors(bad, exc, match):
+    with pytest.raises(exc, match=match):
+        batch_norm(bad)
+
+
+def test_functional_parameter_shape_errors():
+    x = np.ones((4, 3, 2))
+    with pytest.raises(ValueError, match=r"expected weight of shape \(3,\), got \(4,\)"):
+        batch_norm(x, np.ones(4))
+    with pytest.raises(ValueError, match="channel axis 3 is out of range"):
+        batch_norm(x, axis=3)
+    with pytest.raises(ValueError, match="needs running_mean and running_var"):
+        batch_norm(x, training=False)
+    with pytest.raises(ValueError, match="dy of the input's shape"):
+        batch_norm_backward(np.ones((4, 3)), x, np.zeros(3), np.ones(3))
+
+
+def test_empty_batch():
+    x = np.ones((0, 3, 4), np.float32)
+    y, mean, var = batch_norm(x)
+    assert y.shape == x.shape and np.isnan(mean).all()
+    dx, dw, db = batch_norm_backward(np.ones_like(x), x, np.zeros(3), np.ones(3))
+    assert dx.shape == x.shape and (dw == 0).all() and (db == 0).all()
