@@ -48,6 +48,8 @@ def moments(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     P, C, L = x.shape
     n = P * L
     shift = x[0, :, 0].astype(np.float64)
+    # an infinite shift would turn sum(x - K) into NaN; 0 keeps +-Inf in the mean, as torch does
+    shift[~np.isfinite(shift)] = 0.0
     s1, s2 = channel_sums(x, x, shift, shift)
     d = s1 / n
     mean = shift + d

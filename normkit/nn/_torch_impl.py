@@ -3,7 +3,7 @@
 Used for every device and dtype the Numba kernels do not cover (CUDA, float16,
 bfloat16, ...), under ``torch.compile``/``torch.export``, and for the
 differentiable backward that double backward needs. Statistics are computed in
-at least float32 (``torch.var_mean``, a stable one-pass algorithm); the output
+at least float32 with the two-pass algorithm; the output
 has the input's dtype and memory format.
 """
 
@@ -29,9 +29,16 @@ def _compute(x: torch.Tensor) -> torch.Tensor:
 
 
 def batch_stats(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance, shape ``(C,)``, differentiable."""
-    var, mean = torch.var_mean(_compute(x), dim=reduce_dims(x.dim()), correction=0)
-    return mean, var
+    """Per-channel mean and biased variance, shape ``(C,)``, differentiable.
+
+    Two passes (mean, then the mean of squared deviations): as stable as Welford
+    and, unlike ``torch.var_mean``, it keeps an Inf in the data as an Inf mean.
+    """
+    xc = _compute(x)
+    dims = reduce_dims(x.dim())
+    mean = xc.mean(dims, keepdim=True)
+    var = (xc - mean).square().mean(dims)
+    return mean.reshape(-1), var
 
 
 def normalize(

@@ -47,6 +47,7 @@ class _BatchNormMixin:
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         _checks.check_ndim(self._layer_name, tuple(input.shape), self._input_dims)
+        _checks.check_channels(self._layer_name, tuple(input.shape), 1, self.num_features)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)

@@ -99,7 +99,14 @@ def batch_norm(
     every vector ``(C,)``.
     """
     batch_stats = training or running_mean is None or running_var is None
-    C = input.shape[1] if input.dim() >= 2 else -1
+    # If the given vectors agree on a length, that is the channel count they were
+    # built for and the input is checked against it; if they disagree among
+    # themselves, the input's channel count decides which one is wrong.
+    shapes = {tuple(p.shape) for p in (weight, bias, running_mean, running_var) if p is not None}
+    if len(shapes) == 1 and len(next(iter(shapes))) == 1:
+        C = next(iter(shapes))[0]
+    else:
+        C = input.shape[1] if input.dim() >= 2 else -1
     check_input(
         layer, input, C, batch_stats,
         ("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var),
