@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import normkit.kernels.elementwise as elementwise
+import normkit.kernels.norm as norm
 import normkit.kernels.reduce as reduce
 from normkit import reference as ref
 from normkit.numpy import batch_norm, batch_norm_backward
@@ -149,8 +150,9 @@ def test_constant_channel_gives_bias(layout, dtype):
     assert np.isfinite(dx).all()
 
 
+@pytest.mark.parametrize("parallel", [True, False])
 @pytest.mark.parametrize("shape", [(3, 4, 50), (2, 3, 7), (1000, 3, 1), (5, 2100, 1)])
-def test_split_work_agrees(monkeypatch, shape):
+def test_split_work_agrees(monkeypatch, shape, parallel):
     """Tiny chunk and block sizes force every run to be split across tasks."""
     rng = np.random.default_rng(2)
     x = rng.normal(3.0, 2.0, shape)
@@ -158,10 +160,10 @@ def test_split_work_agrees(monkeypatch, shape):
     y_ref, mean_ref, var_ref = ref.batch_norm(x)
     dx_ref, dw_ref, db_ref = ref.batch_norm_backward(dy, x, mean_ref, var_ref)
     monkeypatch.setattr(reduce, "CHUNK", 16)
-    monkeypatch.setattr(elementwise, "CHUNK", 16)
     monkeypatch.setattr(reduce, "COL_BLOCK", 64)
     monkeypatch.setattr(reduce, "COL_TASK_ELEMS", 64)
-    monkeypatch.setattr(elementwise, "_ROW_BLOCK_ELEMS", 64)
+    monkeypatch.setattr(elementwise, "ROW_BLOCK_ELEMS", 64)
+    monkeypatch.setattr(norm, "PARALLEL_MIN", 1 if parallel else 1 << 40)
     y, mean, var = batch_norm(x)
     dx, dw, db = batch_norm_backward(dy, x, mean, var)
     np.testing.assert_allclose(mean, mean_ref, rtol=1e-12)

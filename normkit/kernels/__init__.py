@@ -6,6 +6,6 @@ Inputs are trusted (validated by the front ends) C-contiguous float32/float64
 """
 
 from .layout import ChannelView, channel_view
-from .norm import inv_std, moments, normalize, normalize_backward
+from .norm import backward, forward_batch, forward_fixed, inv_std
 
-__all__ = ["ChannelView", "channel_view", "inv_std", "moments", "normalize", "normalize_backward"]
+__all__ = ["ChannelView", "backward", "channel_view", "forward_batch", "forward_fixed", "inv_std"]

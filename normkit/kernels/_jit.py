@@ -7,18 +7,43 @@
   vectorise the float64 reductions and fuse multiply-adds. It deliberately
   leaves out ``nnan``/``ninf``: non-finite inputs must propagate into the
   statistics, where the layers detect them.
+* :func:`twin` compiles one source twice: with ``prange`` loops on Numba's
+  thread pool, and as plain loops for inputs too small to repay a parallel launch.
 """
 
 from __future__ import annotations
 
+import types
+from typing import Callable, Tuple
+
+import numba
 from numba import njit
 
-__all__ = ["FASTMATH", "kernel", "helper"]
+__all__ = ["FASTMATH", "helper", "twin"]
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-#: Parallel kernels (``prange`` loops run on Numba's thread pool).
-kernel = njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+_OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH)
 
-#: Small serial helpers called from kernels or from Python.
-helper = njit(cache=True, nogil=True, fastmath=FASTMATH)
+#: Serial jitted functions: helpers called from kernels, and small entry points.
+helper = njit(**_OPTIONS)
+
+
+def twin(fn: Callable) -> Tuple[Callable, Callable]:
+    """``(parallel, serial)`` compilations of ``fn``.
+
+    The serial one is compiled from a copy of the function under another
+    qualified name: Numba's on-disk cache is keyed by that name, and must not
+    hand one flavour's machine code to the other.
+    """
+    clone = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
+    clone.__qualname__ = fn.__qualname__ + "_serial"
+    clone.__module__ = fn.__module__
+    return njit(parallel=True, **_OPTIONS)(fn), njit(parallel=False, **_OPTIONS)(clone)
+
+
+# Serial entry points call the parallel kernels. Compiling them starts Numba's
+# thread pool as a side effect, but loading them from the on-disk cache does
+# not, and a cached caller then jumps into a pool that was never started (a
+# segfault). Asking for the thread count starts the pool, once, at import.
+numba.get_num_threads()

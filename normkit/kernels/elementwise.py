@@ -7,9 +7,9 @@ rounded once:
 * forward / inference: ``y = (x - m[c]) * a[c] + b[c]`` -- normalization and the
   learned affine folded into one subtract and one multiply-add per element. ``m``
   is the mean rounded to the input's dtype and ``b`` carries the rounding
-  remainder, so that the large offsets cancel exactly (``x - m``) instead of
-  after a multiplication: a constant channel gives exactly ``bias``, and data
-  with mean 1e4 and std 1 in float32 keeps its relative precision;
+  remainder, so that large offsets cancel exactly (``x - m``) instead of after a
+  multiplication: a constant channel gives exactly ``bias``, and float32 data
+  with mean 1e4 and std 1 keeps its relative precision;
 * backward: ``dx = a[c] * dy + b[c] * (x - m[c]) + k[c]``.
 
 The memory pattern follows :mod:`.reduce`: long contiguous runs are processed as
@@ -22,114 +22,93 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import kernel
-from .reduce import CHUNK, ROW_MIN, task_bounds
+from ._jit import helper, twin
+from .reduce import ROW_MIN, task_bounds
 
-__all__ = ["channel_affine", "channel_affine2"]
+__all__ = ["ROW_BLOCK_ELEMS", "affine_par", "affine_ser", "affine2_par", "affine2_ser"]
 
-#: Rows of the (P, C*L) matrix handled per task in the columns pattern.
-_ROW_BLOCK_ELEMS = 1 << 14
-
-
-@kernel
-def _rows_affine(x, m, a, b, out, chunk):
-    P, C, L = x.shape
-    K = max(1, (L + chunk - 1) // chunk)
-    for t in prange(P * C * K):
-        p, c, lo, n = task_bounds(t, C, K, L, chunk)
-        xr = x[p, c, lo:lo + n]
-        o = out[p, c, lo:lo + n]
-        mc = m[c]
-        ac = a[c]
-        bc = b[c]
-        for i in range(n):
-            o[i] = (xr[i] - mc) * ac + bc
+#: Elements of the (P, C*L) matrix handled per task in the columns pattern.
+ROW_BLOCK_ELEMS = 1 << 14
 
 
-@kernel
-def _cols_affine(x, m, a, b, out, group, rows_per_task):
-    M, W = x.shape
-    mw = np.empty(W, dtype=x.dtype)
-    aw = np.empty(W, dtype=x.dtype)
-    bw = np.empty(W, dtype=x.dtype)
+@helper
+def _expand(v, group, W, dtype):
+    """``v`` repeated ``group`` times per entry, as a length-``W`` vector of ``dtype``."""
+    out = np.empty(W, dtype=dtype)
     for j in range(W):
-        mw[j] = m[j // group]
-        aw[j] = a[j // group]
-        bw[j] = b[j // group]
-    ntasks = (M + rows_per_task - 1) // rows_per_task
-    for t in prange(ntasks):
-        for r in range(t * rows_per_task, min(M, (t + 1) * rows_per_task)):
-            xr = x[r]
-            o = out[r]
-            for j in range(W):
-                o[j] = (xr[j] - mw[j]) * aw[j] + bw[j]
-
-
-@kernel
-def _rows_affine2(dy, x, a, b, m, k, out, chunk):
-    P, C, L = x.shape
-    K = max(1, (L + chunk - 1) // chunk)
-    for t in prange(P * C * K):
-        p, c, lo, n = task_bounds(t, C, K, L, chunk)
-        gr = dy[p, c, lo:lo + n]
-        xr = x[p, c, lo:lo + n]
-        o = out[p, c, lo:lo + n]
-        ac = a[c]
-        bc = b[c]
-        mc = m[c]
-        kc = k[c]
-        for i in range(n):
-            o[i] = gr[i] * ac + (xr[i] - mc) * bc + kc
-
-
-@kernel
-def _cols_affine2(dy, x, a, b, m, k, out, group, rows_per_task):
-    M, W = x.shape
-    aw = np.empty(W, dtype=x.dtype)
-    bw = np.empty(W, dtype=x.dtype)
-    mw = np.empty(W, dtype=x.dtype)
-    kw = np.empty(W, dtype=x.dtype)
-    for j in range(W):
-        c = j // group
-        aw[j] = a[c]
-        bw[j] = b[c]
-        mw[j] = m[c]
-        kw[j] = k[c]
-    ntasks = (M + rows_per_task - 1) // rows_per_task
-    for t in prange(ntasks):
-        for r in range(t * rows_per_task, min(M, (t + 1) * rows_per_task)):
-            gr = dy[r]
-            xr = x[r]
-            o = out[r]
-            for j in range(W):
-                o[j] = gr[j] * aw[j] + (xr[j] - mw[j]) * bw[j] + kw[j]
-
-
-def _rows_per_task(W: int) -> int:
-    return max(1, _ROW_BLOCK_ELEMS // max(1, W))
-
-
-def channel_affine(x: np.ndarray, m: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out = (x - m[c]) * a[c] + b[c]`` over a ``(P, C, L)`` view; ``m``, ``a``, ``b`` have ``x``'s dtype."""
-    P, C, L = x.shape
-    if L >= ROW_MIN:
-        _rows_affine(x, m, a, b, out, CHUNK)
-    else:
-        W = C * L
-        _cols_affine(x.reshape(P, W), m, a, b, out.reshape(P, W), L, _rows_per_task(W))
+        out[j] = v[j // group]
     return out
 
 
-def channel_affine2(
-    dy: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray, m: np.ndarray, k: np.ndarray, out: np.ndarray
-) -> np.ndarray:
-    """``out = a[c] * dy + b[c] * (x - m[c]) + k[c]`` over ``(P, C, L)`` views of one dtype."""
+@helper
+def _affine_run(xr, o, m, a, b):
+    for i in range(xr.shape[0]):
+        o[i] = (xr[i] - m) * a + b
+
+
+@helper
+def _affine_row(xr, o, mw, aw, bw):
+    for j in range(xr.shape[0]):
+        o[j] = (xr[j] - mw[j]) * aw[j] + bw[j]
+
+
+def _affine(x, m, a, b, out, chunk, row_block):
     P, C, L = x.shape
     if L >= ROW_MIN:
-        _rows_affine2(dy, x, a, b, m, k, out, CHUNK)
-    else:
-        W = C * L
-        _cols_affine2(
-            dy.reshape(P, W), x.reshape(P, W), a, b, m, k, out.reshape(P, W), L, _rows_per_task(W)
-        )
-    return out
+        K = max(1, (L + chunk - 1) // chunk)
+        for t in prange(P * C * K):
+            p, c, lo, n = task_bounds(t, C, K, L, chunk)
+            _affine_run(x[p, c, lo:lo + n], out[p, c, lo:lo + n], m[c], a[c], b[c])
+        return
+    W = C * L
+    x2 = x.reshape(P, W)
+    o2 = out.reshape(P, W)
+    mw = _expand(m, L, W, x.dtype)
+    aw = _expand(a, L, W, x.dtype)
+    bw = _expand(b, L, W, x.dtype)
+    rows = max(1, row_block // max(1, W))
+    for t in prange((P + rows - 1) // rows):
+        for r in range(t * rows, min(P, (t + 1) * rows)):
+            _affine_row(x2[r], o2[r], mw, aw, bw)
+
+
+@helper
+def _affine2_run(gr, xr, o, a, b, m, k):
+    for i in range(xr.shape[0]):
+        o[i] = gr[i] * a + (xr[i] - m) * b + k
+
+
+@helper
+def _affine2_row(gr, xr, o, aw, bw, mw, kw):
+    for j in range(xr.shape[0]):
+        o[j] = gr[j] * aw[j] + (xr[j] - mw[j]) * bw[j] + kw[j]
+
+
+def _affine2(dy, x, a, b, m, k, out, chunk, row_block):
+    P, C, L = x.shape
+    if L >= ROW_MIN:
+        K = max(1, (L + chunk - 1) // chunk)
+        for t in prange(P * C * K):
+            p, c, lo, n = task_bounds(t, C, K, L, chunk)
+            _affine2_run(dy[p, c, lo:lo + n], x[p, c, lo:lo + n], out[p, c, lo:lo + n], a[c], b[c], m[c], k[c])
+        return
+    W = C * L
+    g2 = dy.reshape(P, W)
+    x2 = x.reshape(P, W)
+    o2 = out.reshape(P, W)
+    aw = _expand(a, L, W, x.dtype)
+    bw = _expand(b, L, W, x.dtype)
+    mw = _expand(m, L, W, x.dtype)
+    kw = _expand(k, L, W, x.dtype)
+    rows = max(1, row_block // max(1, W))
+    for t in prange((P + rows - 1) // rows):
+        for r in range(t * rows, min(P, (t + 1) * rows)):
+            _affine2_row(g2[r], x2[r], o2[r], aw, bw, mw, kw)
+
+
+#: ``affine(x, m, a, b, out, chunk, row_block)``: ``out = (x - m[c]) * a[c] + b[c]``;
+#: ``m``, ``a``, ``b`` in ``x``'s dtype.
+affine_par, affine_ser = twin(_affine)
+#: ``affine2(dy, x, a, b, m, k, out, chunk, row_block)``:
+#: ``out = a[c] * dy + b[c] * (x - m[c]) + k[c]``, every array of one dtype.
+affine2_par, affine2_ser = twin(_affine2)

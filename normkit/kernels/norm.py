@@ -13,90 +13,174 @@ Contracts (the same as :mod:`normkit.reference`): ``mean`` and the biased
 the backward returns the closed-form ``dx``, ``dweight = sum(dy * x_hat)`` and
 ``dbias = sum(dy)``. Arrays are trusted: shapes, dtypes and contiguity are
 checked once by the public front ends.
+
+Each public function is one call into compiled code (the statistics, the
+per-channel coefficients and the element pass together), parallel above
+:data:`PARALLEL_MIN` elements and serial below, where a thread-pool launch
+would cost more than the work.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, Optional, Tuple, TypeVar
+from typing import Optional, Tuple
 
 import numpy as np
 
-_F = TypeVar("_F", bound=Callable)
+from . import elementwise, reduce
+from ._jit import helper
+from .elementwise import affine2_par, affine2_ser, affine_par, affine_ser
+from .reduce import sums_par, sums_ser
+
+__all__ = ["PARALLEL_MIN", "forward_batch", "forward_fixed", "backward", "inv_std"]
 
 
-def _quiet(fn: _F) -> _F:
-    """NaN/Inf in the data flow through the statistics by design (the layers apply a
-    documented policy to them); NumPy's floating-point warnings would only be noise."""
+def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
+    """``1 / sqrt(var + eps)`` in float64 (NaN/Inf pass through silently)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-from .elementwise import channel_affine, channel_affine2
-from .reduce import channel_sums
-
-__all__ = ["moments", "normalize", "normalize_backward", "inv_std"]
+#: Inputs with fewer elements run single-threaded.
+PARALLEL_MIN = 1 << 15
 
 
-@_quiet
-def moments(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and biased variance (float64) of a ``(P, C, L)`` view with ``P*L > 0``."""
+def _config(x: np.ndarray):
+    return (
+        x.size >= PARALLEL_MIN,
+        (reduce.CHUNK, reduce.COL_BLOCK, reduce.COL_TASK_ELEMS, reduce.COL_TASKS_MAX, elementwise.ROW_BLOCK_ELEMS),
+    )
+
+
+@helper
+def _sums(u, v, us, vs, par, cfg):
+    C = u.shape[1]
+    s1 = np.empty(C)
+    s2 = np.empty(C)
+    chunk, block, task_elems, tasks_max, _ = cfg
+    if par:
+        sums_par(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max)
+    else:
+        sums_ser(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max)
+    return s1, s2
+
+
+@helper
+def _apply(x, mean, rstd, w, b, out, par, cfg):
+    """out = w * (x - mean) * rstd + b, as (x - m) * a + b' with m = mean rounded to x's dtype."""
+    C = x.shape[1]
+    m = np.empty(C, x.dtype)
+    a = np.empty(C, x.dtype)
+    s = np.empty(C, x.dtype)
+    for c in range(C):
+        m[c] = mean[c]
+        scale = rstd[c] if w is None else rstd[c] * w[c]
+        a[c] = scale
+        shift = -(mean[c] - np.float64(m[c])) * scale  # b' absorbs the rounding of m
+        s[c] = shift if b is None else shift + b[c]
+    if par:
+        affine_par(x, m, a, s, out, cfg[0], cfg[4])
+    else:
+        affine_ser(x, m, a, s, out, cfg[0], cfg[4])
+
+
+@helper
+def _forward_batch(x, w, b, eps, out, par, cfg):
     P, C, L = x.shape
     n = P * L
-    shift = x[0, :, 0].astype(np.float64)
-    # an infinite shift would turn sum(x - K) into NaN; 0 keeps +-Inf in the mean, as torch does
-    shift[~np.isfinite(shift)] = 0.0
-    s1, s2 = channel_sums(x, x, shift, shift)
-    d = s1 / n
-    mean = shift + d
-    var = np.maximum(s2 / n - d * d, 0.0)
-    return mean, var
+    shift = np.empty(C)
+    for c in range(C):
+        k = np.float64(x[0, c, 0])
+        # an infinite shift would make sum(x - K) NaN; 0 keeps +-Inf in the mean, as torch
+        shift[c] = k if np.isfinite(k) else 0.0
+    s1, s2 = _sums(x, x, shift, shift, par, cfg)
+    mean = np.empty(C)
+    var = np.empty(C)
+    rstd = np.empty(C)
+    for c in range(C):
+        d = s1[c] / n
+        mean[c] = shift[c] + d
+        v = s2[c] / n - d * d
+        var[c] = 0.0 if v < 0.0 else v  # rounding can dip below 0; NaN stays NaN
+        rstd[c] = 1.0 / np.sqrt(var[c] + eps)
+    _apply(x, mean, rstd, w, b, out, par, cfg)
+    return mean, var, rstd
 
 
-@_quiet
-def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
-    """``1 / sqrt(var + eps)`` in float64."""
-    return 1.0 / np.sqrt(var + eps)
+@helper
+def _forward_fixed(x, mean, var, w, b, eps, out, par, cfg):
+    C = x.shape[1]
+    rstd = np.empty(C)
+    for c in range(C):
+        rstd[c] = 1.0 / np.sqrt(var[c] + eps)
+    _apply(x, mean, rstd, w, b, out, par, cfg)
+    return rstd
 
 
-@_quiet
-def normalize(
-    x: np.ndarray,
-    mean: np.ndarray,
-    rstd: np.ndarray,
-    weight: Optional[np.ndarray],
-    bias: Optional[np.ndarray],
-    out: np.ndarray,
-) -> np.ndarray:
-    """``out = weight * (x - mean) * rstd + bias`` as ``(x - m) * a + b`` per element.
+@helper
+def _backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, par, cfg):
+    P, C, L = x.shape
+    n = P * L
+    s1, s2 = _sums(dy, x, np.zeros(C), mean, par, cfg)
+    dw = np.empty(C)
+    for c in range(C):
+        dw[c] = s2[c] * rstd[c]
+    if need_dx:
+        a = np.empty(C, x.dtype)
+        bb = np.empty(C, x.dtype)
+        m = np.empty(C, x.dtype)
+        k = np.empty(C, x.dtype)
+        for c in range(C):
+            g = rstd[c] if w is None else w[c] * rstd[c]
+            a[c] = g
+            m[c] = mean[c]
+            if batch_stats:
+                bc = -g * rstd[c] * rstd[c] * s2[c] / n
+                bb[c] = bc
+                # b * (x - mean) = b * (x - m) + b * (m - mean): the rounding of m goes to k
+                k[c] = -g * s1[c] / n + bc * (np.float64(m[c]) - mean[c])
+            else:
+                bb[c] = 0.0
+                k[c] = 0.0
+        chunk, row_block = cfg[0], cfg[4]
+        if batch_stats:
+            if par:
+                affine2_par(dy, x, a, bb, m, k, dx, chunk, row_block)
+            else:
+                affine2_ser(dy, x, a, bb, m, k, dx, chunk, row_block)
+        else:  # dx = g * dy: no need to read x
+            if par:
+                affine_par(dy, k, a, bb, dx, chunk, row_block)
+            else:
+                affine_ser(dy, k, a, bb, dx, chunk, row_block)
+    return dw, s1
 
-    ``m`` is ``mean`` rounded to ``x``'s dtype, ``a = weight * rstd`` and
-    ``b = bias - (mean - m) * a`` takes up the rounding of ``m``.
+
+def forward_batch(
+    x: np.ndarray, weight: Optional[np.ndarray], bias: Optional[np.ndarray], eps: float, out: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training forward: batch statistics, then ``out = w * (x - mean) * rstd + b``.
+
+    ``x`` is ``(P, C, L)`` with ``P*L > 0``; ``weight``/``bias`` are ``(C,)`` float
+    vectors or None. Returns float64 ``(mean, var, rstd)`` (``var`` biased).
+    Statistics are float64 one-pass shifted sums (:mod:`.reduce`).
     """
-    t = x.dtype
-    scale = rstd if weight is None else rstd * weight
-    m = mean.astype(t)
-    shift = -(mean - m.astype(np.float64)) * scale
-    if bias is not None:
-        shift = shift + bias
-    return channel_affine(x, m, scale.astype(t), shift.astype(t), out)
+    par, cfg = _config(x)
+    return _forward_batch(x, weight, bias, float(eps), out, par, cfg)
 
 
-@_quiet
-def normalize_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
-    mean: np.ndarray,
-    rstd: np.ndarray,
-    weight: Optional[np.ndarray],
-    batch_stats: bool,
-    dx: Optional[np.ndarray],
-) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
-    """Closed-form gradients -> ``(dx, dweight, dbias)``; ``dweight``/``dbias`` float64 ``(C,)``.
+def forward_fixed(
+    x: np.ndarray, mean: np.ndarray, var: np.ndarray, weight: Optional[np.ndarray],
+    bias: Optional[np.ndarray], eps: float, out: np.ndarray,
+) -> np.ndarray:
+    """Forward with given statistics (inference): returns float64 ``rstd``."""
+    par, cfg = _config(x)
+    return _forward_fixed(x, mean, var, weight, bias, float(eps), out, par, cfg)
+
+
+def backward(
+    dy: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.ndarray, weight: Optional[np.ndarray],
+    batch_stats: bool, dx: Optional[np.ndarray],
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Closed-form gradients: fills ``dx`` (if given) and returns float64 ``(dweight, dbias)``.
 
     One reduction pass gives ``s1 = sum(dy)`` and ``s2 = sum(dy * (x - mean))``
     together; then, with ``n`` values per channel and ``g = weight * rstd``:
@@ -104,23 +188,11 @@ def normalize_backward(
     * ``batch_stats=True`` (training): ``dx = g*dy - g*rstd^2*s2/n * (x - mean) - g*s1/n``;
     * ``batch_stats=False`` (fixed statistics): ``dx = g * dy``.
 
-    ``dweight = rstd * s2``, ``dbias = s1``. Pass ``dx=None`` to skip the input
-    gradient (only the parameter gradients are needed).
+    ``dweight = rstd * s2``, ``dbias = s1``. ``mean``/``rstd`` are float64 ``(C,)``.
     """
-    P, C, L = x.shape
-    n = P * L
-    s1, s2 = channel_sums(dy, x, np.zeros(C), mean)
-    dweight = s2 * rstd
-    if dx is not None:
-        g = rstd if weight is None else rstd * weight
-        if batch_stats:
-            t = x.dtype
-            m = mean.astype(t)
-            b = -g * rstd * rstd * s2 / n
-            # b * (x - mean) = b * (x - m) + b * (m - mean): the rounding of m goes to k
-            k = -g * s1 / n + b * (m.astype(np.float64) - mean)
-            channel_affine2(dy, x, g.astype(t), b.astype(t), m, k.astype(t), dx)
-        else:
-            zeros = np.zeros(C, dy.dtype)
-            channel_affine(dy, zeros, g.astype(dy.dtype), zeros, dx)
-    return dx, dweight, s1
+    par, cfg = _config(x)
+    need_dx = dx is not None
+    return _backward(
+        dy, x, mean, rstd, weight, bool(batch_stats),
+        dx if need_dx else np.empty((0, 0, 0), x.dtype), need_dx, par, cfg,
+    )

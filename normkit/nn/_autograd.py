@@ -1,4 +1,4 @@
-"""The autograd function that runs batch normalization on the Numba kernels.
+"""Batch normalization on the Numba kernels, with and without autograd.
 
 CPU float32/float64 only (the functional routes everything else to
 :mod:`._torch_impl`). Forward: one statistics pass and one apply pass. Backward:
@@ -6,55 +6,63 @@ one pass for ``sum(dy)`` and ``sum(dy * (x - mean))`` together, one for ``dx``
 -- the closed-form gradients, not autograd of the forward. When the graph of
 the backward itself is wanted (``create_graph=True``), the backward is written
 in differentiable torch operations instead, so double backward works.
+When no gradient is needed (inference, ``torch.no_grad()``) the functional calls
+:func:`forward` directly and skips the autograd machinery.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .. import kernels
+from ..kernels.layout import ChannelView
 from . import _torch_impl
 from ._bridge import as_view, new_like_view
 
-__all__ = ["KernelBatchNorm", "Stats"]
+__all__ = ["KernelBatchNorm", "forward"]
 
 
-class Stats:
-    """Receives the float64 statistics (NumPy ``(C,)``) a forward used."""
-
-    __slots__ = ("mean", "var")
-
-    def __init__(self) -> None:
-        self.mean: Optional[np.ndarray] = None
-        self.var: Optional[np.ndarray] = None
+def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if t is None else t.detach().numpy()
 
 
-def _np64(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
-    return None if t is None else t.detach().numpy().astype(np.float64)
+def forward(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    batch_stats: bool,
+    eps: float,
+) -> Tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray, ChannelView]:
+    """``y`` in ``x``'s layout, and the float64 ``(mean, var, rstd)`` it used."""
+    x3, view = as_view(x, 1)
+    y, y3 = new_like_view(x.shape, view, x.dtype)
+    if batch_stats:
+        mean, var, rstd = kernels.forward_batch(x3, _np(weight), _np(bias), eps, y3)
+    else:
+        mean, var = _np(running_mean), _np(running_var)
+        rstd = kernels.forward_fixed(x3, mean, var, _np(weight), _np(bias), eps, y3)
+    return y, mean, var, rstd, view
 
 
 class KernelBatchNorm(torch.autograd.Function):
-    """``y = weight * (x - mean) * rstd + bias`` over channel dim 1.
+    """``y = weight * (x - mean) * rstd + bias`` over channel dim 1, differentiable.
 
     ``batch_stats=True``: ``mean``/``var`` are the batch's (``running_*`` unused);
-    ``False``: ``running_mean``/``running_var`` are used as constants.
+    ``False``: ``running_mean``/``running_var`` are used as constants. The
+    statistics used are appended to ``stats`` (a list) for the caller.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, batch_stats: bool, eps: float, stats: Stats):
-        x3, view = as_view(x, 1)
-        if batch_stats:
-            mean, var = kernels.moments(x3)
-        else:
-            mean, var = _np64(running_mean), _np64(running_var)
-        rstd = kernels.inv_std(var, eps)
-        y, y3 = new_like_view(x.shape, view, x.dtype)
-        kernels.normalize(x3, mean, rstd, _np64(weight), _np64(bias), y3)
-        stats.mean, stats.var = mean, var
-        ctx.save_for_backward(x, weight, torch.from_numpy(mean), torch.from_numpy(rstd))
+    def forward(ctx, x, weight, bias, running_mean, running_var, batch_stats: bool, eps: float, stats: list):
+        y, mean, var, rstd, view = forward(x, weight, bias, running_mean, running_var, batch_stats, eps)
+        stats += (mean, var)
+        mean64 = np.ascontiguousarray(mean, dtype=np.float64)
+        ctx.save_for_backward(x, weight, torch.from_numpy(mean64), torch.from_numpy(rstd))
         ctx.batch_stats = batch_stats
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.eps = eps
@@ -73,9 +81,7 @@ class KernelBatchNorm(torch.autograd.Function):
             dx3 = None
             if need_x:
                 dx, dx3 = new_like_view(x.shape, view, x.dtype)
-            _, dw, db = kernels.normalize_backward(
-                dy3, x3, mean.numpy(), rstd.numpy(), _np64(weight), ctx.batch_stats, dx3
-            )
+            dw, db = kernels.backward(dy3, x3, mean.numpy(), rstd.numpy(), _np(weight), ctx.batch_stats, dx3)
             dw = torch.from_numpy(dw).to(weight.dtype) if need_w else None
             db = torch.from_numpy(db).to(ctx.bias_dtype) if need_b else None
         grads: List[Optional[torch.Tensor]] = [

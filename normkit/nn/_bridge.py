@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -16,6 +17,13 @@ def as_view(t: torch.Tensor, axis: int, like: Optional[ChannelView] = None) -> T
     """A C-contiguous ``(P, C, L)`` NumPy view sharing ``t``'s memory (a copy only if ``t``
     is in neither layout, or, with ``like``, not in that view's layout)."""
     t = t.detach()
+    if like is None and t.is_contiguous():  # the common case, without the general planning
+        shape = t.shape
+        P = shape[0] if axis == 1 else math.prod(shape[:axis])
+        C = shape[axis]
+        L = t.numel() // (P * C) if P * C else 0
+        view = ChannelView(P, C, L, None)
+        return t.numpy().reshape(P, C, L), view
     view = like if like is not None else channel_view(t.shape, t.stride(), axis)
     if view is None:
         t = t.contiguous()
@@ -28,7 +36,7 @@ def new_like_view(shape: torch.Size, view: ChannelView, dtype: torch.dtype) -> T
     """A new tensor of ``shape`` in ``view``'s memory layout, and its ``(P, C, L)`` view."""
     if view.perm is None:
         out = torch.empty(shape, dtype=dtype)
-        return out, out.numpy().reshape(view.shape)
+        return out, out.numpy().reshape(view.P, view.C, view.L)
     moved = torch.empty([shape[a] for a in view.perm], dtype=dtype)
     inverse = [0] * len(view.perm)
     for i, a in enumerate(view.perm):

@@ -16,7 +16,8 @@ import torch
 from .. import _checks
 from ..running import commit_batch_stats, update_factor
 from . import _torch_impl
-from ._autograd import KernelBatchNorm, Stats
+from ._autograd import KernelBatchNorm
+from ._autograd import forward as kernel_forward
 
 __all__ = ["batch_norm", "uses_kernels"]
 
@@ -27,12 +28,14 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
-def uses_kernels(input: torch.Tensor, *params: Optional[torch.Tensor]) -> bool:
-    """Whether this input (and these parameters) run on the Numba kernels."""
+def uses_kernels(input: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> bool:
+    """Whether this input (with these affine parameters) runs on the Numba kernels."""
+    dtype = input.dtype
     return (
-        input.device.type == "cpu"
-        and input.dtype in _KERNEL_DTYPES
-        and all(p is None or (p.device.type == "cpu" and p.dtype == input.dtype) for p in params)
+        input.is_cpu
+        and (dtype is torch.float32 or dtype is torch.float64)
+        and (weight is None or (weight.is_cpu and weight.dtype is dtype))
+        and (bias is None or (bias.is_cpu and bias.dtype is dtype))
         and not _tracing()
     )
 
@@ -40,28 +43,46 @@ def uses_kernels(input: torch.Tensor, *params: Optional[torch.Tensor]) -> bool:
 def check_input(
     layer: str,
     input: torch.Tensor,
-    num_features: int,
     batch_stats: bool,
-    *params: tuple,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
 ) -> None:
-    """Validate once at the boundary: floating dtype, channel count (dim 1), parameter shapes,
-    matching dtypes for float32/float64, and more than one value per channel when training.
-    ``params`` are ``(name, tensor-or-None)`` pairs."""
-    _checks.check_floating(layer, str(input.dtype), input.is_floating_point())
-    if input.dim() < 2:
-        raise ValueError(f"{layer} expected an input of shape (N, C, ...), got {input.dim()}D input of shape {tuple(input.shape)}")
-    _checks.check_channels(layer, input.shape, 1, num_features)
-    for name, p in params:
-        if p is None:
-            continue
-        _checks.check_param_shape(layer, name, tuple(p.shape), (num_features,))
-        if input.dtype in _KERNEL_DTYPES and p.dtype != input.dtype and name in ("weight", "bias"):
-            raise TypeError(
-                f"{layer} expected {name} of the input's dtype {input.dtype}, got {p.dtype}; "
-                f"cast the module (e.g. module.to({input.dtype})) or the input"
-            )
+    """Validate once at the boundary: a floating dtype, at least 2 dims, vectors of
+    shape ``(C,)`` for the input's ``C`` channels, affine parameters of the input's
+    dtype (for float32/float64), more than one value per channel when training."""
+    if not input.is_floating_point():
+        _checks.check_floating(layer, str(input.dtype), False)
+    shape = input.shape
+    if len(shape) < 2:
+        raise ValueError(f"{layer} expected an input of shape (N, C, ...), got {input.dim()}D input of shape {tuple(shape)}")
+    C = shape[1]
+    vectors = (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var))
+    for name, p in vectors:
+        if p is not None and (p.dim() != 1 or p.shape[0] != C):
+            _explain_shapes(layer, shape, vectors)
+    if input.dtype in _KERNEL_DTYPES:
+        for name, p in vectors[:2]:
+            if p is not None and p.dtype != input.dtype:
+                raise TypeError(
+                    f"{layer} expected {name} of the input's dtype {input.dtype}, got {p.dtype}; "
+                    f"cast the module (e.g. module.to({input.dtype})) or the input"
+                )
     if batch_stats:
-        _checks.check_training_batch(layer, input.shape, 1)
+        _checks.check_training_batch(layer, shape, 1)
+
+
+def _explain_shapes(layer: str, shape: torch.Size, vectors) -> None:
+    """Raise the error for vectors that do not fit the input: if the vectors agree on
+    a length, they name the channel count and the input is the odd one out;
+    otherwise the input's channel count names the vector that is wrong."""
+    shapes = {tuple(p.shape) for _, p in vectors if p is not None}
+    if len(shapes) == 1 and len(next(iter(shapes))) == 1:
+        _checks.check_channels(layer, tuple(shape), 1, next(iter(shapes))[0])
+    for name, p in vectors:
+        if p is not None:
+            _checks.check_param_shape(layer, name, tuple(p.shape), (shape[1],))
 
 
 def batch_norm(
@@ -99,28 +120,17 @@ def batch_norm(
     every vector ``(C,)``.
     """
     batch_stats = training or running_mean is None or running_var is None
-    # If the given vectors agree on a length, that is the channel count they were
-    # built for and the input is checked against it; if they disagree among
-    # themselves, the input's channel count decides which one is wrong.
-    shapes = {tuple(p.shape) for p in (weight, bias, running_mean, running_var) if p is not None}
-    if len(shapes) == 1 and len(next(iter(shapes))) == 1:
-        C = next(iter(shapes))[0]
-    else:
-        C = input.shape[1] if input.dim() >= 2 else -1
-    check_input(
-        layer, input, C, batch_stats,
-        ("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var),
-    )
-    _checks.check_nonfinite_policy(layer, nonfinite)
+    check_input(layer, input, batch_stats, weight, bias, running_mean, running_var)
+    if nonfinite != "propagate":
+        _checks.check_nonfinite_policy(layer, nonfinite)
     update = training and running_mean is not None and running_var is not None
     count = None
-    if update and (momentum is None):
+    if update and momentum is None:
         if num_batches_tracked is None:
             raise ValueError(f"{layer} with momentum=None (cumulative average) needs num_batches_tracked")
         count = int(num_batches_tracked) + 1
-    n = _checks.reduced_count(input.shape, 1)
 
-    if n == 0:  # as torch: an empty output that keeps the autograd graph, buffers untouched
+    if input.numel() == 0:  # as torch: an empty output that keeps the autograd graph, buffers untouched
         y = input.clone()
         if weight is not None:
             y = y * weight[0]
@@ -131,24 +141,47 @@ def batch_norm(
         return y
 
     if uses_kernels(input, weight, bias):
-        stats = Stats()
-        y = KernelBatchNorm.apply(input, weight, bias, running_mean, running_var, batch_stats, eps, stats)
-        mean, var = stats.mean, stats.var
-        targets = (running_mean.numpy(), running_var.numpy()) if update and running_mean.device.type == "cpu" else None
+        if torch.is_grad_enabled() and (
+            input.requires_grad
+            or (weight is not None and weight.requires_grad)
+            or (bias is not None and bias.requires_grad)
+        ):
+            stats: list = []
+            y = KernelBatchNorm.apply(input, weight, bias, running_mean, running_var, batch_stats, eps, stats)
+            mean, var = stats
+        else:
+            y, mean, var, _, _ = kernel_forward(input, weight, bias, running_mean, running_var, batch_stats, eps)
     else:
         if batch_stats:
             mean, var = _torch_impl.batch_stats(input)
         else:
             mean, var = running_mean, running_var
         y = _torch_impl.normalize(input, mean, var, weight, bias, eps)
-        mean, var = mean.detach(), var.detach()
-        targets = None
     if update:
-        factor = update_factor(momentum, count if count is not None else 1)
-        with torch.no_grad():
-            rm, rv = targets if targets is not None else (running_mean, running_var)
-            if targets is None:
-                mean, var = mean.to(running_mean.dtype), var.to(running_var.dtype)
-            if commit_batch_stats(layer, nonfinite, mean, var, n, rm, rv, factor) and num_batches_tracked is not None:
-                num_batches_tracked.add_(1)
+        _update(layer, nonfinite, input, mean, var, running_mean, running_var, momentum, count, num_batches_tracked)
     return y
+
+
+def _update(layer, nonfinite, input, mean, var, running_mean, running_var, momentum, count, num_batches_tracked) -> None:
+    """Fold the batch statistics into the running ones and count the batch.
+
+    CPU buffers are updated through NumPy views of their memory (the statistics
+    are NumPy arrays on the kernel path); other devices with torch operations.
+    """
+    n = input.numel() // input.shape[1]
+    factor = update_factor(momentum, count if count is not None else 1)
+    if running_mean.is_cpu and running_var.is_cpu and not isinstance(mean, torch.Tensor):
+        updated = commit_batch_stats(layer, nonfinite, mean, var, n, running_mean.numpy(), running_var.numpy(), factor)
+        if updated and num_batches_tracked is not None:
+            if num_batches_tracked.is_cpu:
+                counter = num_batches_tracked.numpy()
+                counter += 1
+            else:
+                num_batches_tracked.add_(1)
+        return
+    with torch.no_grad():
+        mean = mean.detach().to(running_mean.dtype)
+        var = var.detach().to(running_var.dtype)
+        if commit_batch_stats(layer, nonfinite, mean, var, n, running_mean, running_var, factor):
+            if num_batches_tracked is not None:
+                num_batches_tracked.add_(1)

@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 
 from .. import _checks
-from ..kernels import channel_view, inv_std, moments, normalize, normalize_backward
+from ..kernels import backward, channel_view, forward_batch, forward_fixed, inv_std
 from ..kernels.layout import ChannelView
 
 __all__ = ["BatchNormResult", "batch_norm", "batch_norm_backward"]
@@ -28,6 +28,10 @@ class BatchNormResult(NamedTuple):
     y: np.ndarray
     mean: np.ndarray
     var: np.ndarray
+
+
+def _f64(v: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    return None if v is None else np.ascontiguousarray(v, dtype=np.float64)
 
 
 def _compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -111,13 +115,10 @@ def batch_norm(
         if view.P * view.L == 0:
             nan = np.full(C, np.nan)
             return BatchNormResult(y.astype(x.dtype, copy=False), nan, nan.copy())
-        mean, var = moments(x3)
+        mean, var, _ = forward_batch(x3, _f64(weight), _f64(bias), eps, y3)
     else:
-        mean = np.asarray(running_mean, dtype=np.float64)
-        var = np.asarray(running_var, dtype=np.float64)
-    w = None if weight is None else np.asarray(weight, dtype=np.float64)
-    b = None if bias is None else np.asarray(bias, dtype=np.float64)
-    normalize(x3, mean, inv_std(var, eps), w, b, y3)
+        mean, var = _f64(running_mean), _f64(running_var)
+        forward_fixed(x3, mean, var, _f64(weight), _f64(bias), eps, y3)
     return BatchNormResult(y.astype(x.dtype, copy=False), mean, var)
 
 
@@ -156,9 +157,5 @@ def batch_norm_backward(
     C = view.C
     if view.P * view.L == 0:
         return dx.astype(x.dtype, copy=False), np.zeros(C), np.zeros(C)
-    mean = np.asarray(mean, dtype=np.float64)
-    w = None if weight is None else np.asarray(weight, dtype=np.float64)
-    _, dweight, dbias = normalize_backward(
-        dy3, x3, mean, inv_std(np.asarray(var, dtype=np.float64), eps), w, training, dx3
-    )
+    dweight, dbias = backward(dy3, x3, _f64(mean), inv_std(var, eps), _f64(weight), training, dx3)
     return dx.astype(x.dtype, copy=False), dweight, dbias
