@@ -227,3 +227,25 @@ def test_empty_batch():
     assert y.shape == x.shape and np.isnan(mean).all()
     dx, dw, db = batch_norm_backward(np.ones_like(x), x, np.zeros(3), np.ones(3))
     assert dx.shape == x.shape and (dw == 0).all() and (db == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 20), (50, 6, 1), (2, 5, 3)])
+def test_split_backward_entry_points_match_reference(shape):
+    """moments, grad_sums and grad_input (SyncBatchNorm's pieces) against the oracle."""
+    from normkit import kernels
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(1.0, 2.0, shape)
+    dy = rng.normal(size=shape)
+    w = rng.uniform(0.5, 2.0, shape[1])
+    mean, var = kernels.moments(x)
+    mean_ref, var_ref = ref.batch_stats(x)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-12)
+    np.testing.assert_allclose(var, var_ref, rtol=1e-12)
+    s1, s2 = kernels.grad_sums(dy, x, mean)
+    np.testing.assert_allclose(s1, dy.sum(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(s2, (dy * (x - mean[None, :, None])).sum(axis=(0, 2)), rtol=1e-10, atol=1e-12)
+    rstd = kernels.inv_std(var, 1e-5)
+    dx = kernels.grad_input(dy, x, mean, rstd, w, s1, s2, shape[0] * shape[2], np.empty_like(x))
+    dx_ref, _, _ = ref.batch_norm_backward(dy, x, mean_ref, var_ref, w)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-9, atol=1e-12)

@@ -79,3 +79,22 @@ def test_decay_conversion():
         momentum_from_decay(1.5)
     with pytest.raises(ValueError, match="momentum must lie in"):
         decay_from_momentum(-0.1)
+
+
+def test_numpy_api_works_without_torch():
+    """normkit and normkit.numpy never import torch (it is an optional extra)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now fails
+        "import numpy as np, normkit, normkit.numpy, normkit.reference\n"
+        "layer = normkit.numpy.BatchNorm(3)\n"
+        "y = layer(np.random.default_rng(0).normal(size=(4, 3, 5)).astype(np.float32))\n"
+        "layer.backward(np.ones_like(y))\n"
+        "assert 'torch' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "ok"

@@ -31,7 +31,9 @@ from ._jit import helper
 from .elementwise import affine2_par, affine2_ser, affine_par, affine_ser
 from .reduce import sums_par, sums_ser
 
-__all__ = ["PARALLEL_MIN", "forward_batch", "forward_fixed", "backward", "inv_std"]
+__all__ = [
+    "PARALLEL_MIN", "backward", "forward_batch", "forward_fixed", "grad_input", "grad_sums", "inv_std", "moments",
+]
 
 
 def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
@@ -83,7 +85,7 @@ def _apply(x, mean, rstd, w, b, out, par, cfg):
 
 
 @helper
-def _forward_batch(x, w, b, eps, out, par, cfg):
+def _moments(x, par, cfg):
     P, C, L = x.shape
     n = P * L
     shift = np.empty(C)
@@ -94,13 +96,18 @@ def _forward_batch(x, w, b, eps, out, par, cfg):
     s1, s2 = _sums(x, x, shift, shift, par, cfg)
     mean = np.empty(C)
     var = np.empty(C)
-    rstd = np.empty(C)
     for c in range(C):
         d = s1[c] / n
         mean[c] = shift[c] + d
         v = s2[c] / n - d * d
         var[c] = 0.0 if v < 0.0 else v  # rounding can dip below 0; NaN stays NaN
-        rstd[c] = 1.0 / np.sqrt(var[c] + eps)
+    return mean, var
+
+
+@helper
+def _forward_batch(x, w, b, eps, out, par, cfg):
+    mean, var = _moments(x, par, cfg)
+    rstd = 1.0 / np.sqrt(var + eps)
     _apply(x, mean, rstd, w, b, out, par, cfg)
     return mean, var, rstd
 
@@ -116,42 +123,44 @@ def _forward_fixed(x, mean, var, w, b, eps, out, par, cfg):
 
 
 @helper
+def _grad_input(dy, x, mean, rstd, w, s1, s2, n, batch_stats, dx, par, cfg):
+    C = x.shape[1]
+    a = np.empty(C, x.dtype)
+    bb = np.empty(C, x.dtype)
+    m = np.empty(C, x.dtype)
+    k = np.empty(C, x.dtype)
+    for c in range(C):
+        g = rstd[c] if w is None else w[c] * rstd[c]
+        a[c] = g
+        m[c] = mean[c]
+        if batch_stats:
+            bc = -g * rstd[c] * rstd[c] * s2[c] / n
+            bb[c] = bc
+            # b * (x - mean) = b * (x - m) + b * (m - mean): the rounding of m goes to k
+            k[c] = -g * s1[c] / n + bc * (np.float64(m[c]) - mean[c])
+        else:
+            bb[c] = 0.0
+            k[c] = 0.0
+    chunk, row_block = cfg[0], cfg[4]
+    if batch_stats:
+        if par:
+            affine2_par(dy, x, a, bb, m, k, dx, chunk, row_block)
+        else:
+            affine2_ser(dy, x, a, bb, m, k, dx, chunk, row_block)
+    else:  # dx = g * dy: no need to read x
+        if par:
+            affine_par(dy, k, a, bb, dx, chunk, row_block)
+        else:
+            affine_ser(dy, k, a, bb, dx, chunk, row_block)
+
+
+@helper
 def _backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, par, cfg):
     P, C, L = x.shape
-    n = P * L
     s1, s2 = _sums(dy, x, np.zeros(C), mean, par, cfg)
-    dw = np.empty(C)
-    for c in range(C):
-        dw[c] = s2[c] * rstd[c]
     if need_dx:
-        a = np.empty(C, x.dtype)
-        bb = np.empty(C, x.dtype)
-        m = np.empty(C, x.dtype)
-        k = np.empty(C, x.dtype)
-        for c in range(C):
-            g = rstd[c] if w is None else w[c] * rstd[c]
-            a[c] = g
-            m[c] = mean[c]
-            if batch_stats:
-                bc = -g * rstd[c] * rstd[c] * s2[c] / n
-                bb[c] = bc
-                # b * (x - mean) = b * (x - m) + b * (m - mean): the rounding of m goes to k
-                k[c] = -g * s1[c] / n + bc * (np.float64(m[c]) - mean[c])
-            else:
-                bb[c] = 0.0
-                k[c] = 0.0
-        chunk, row_block = cfg[0], cfg[4]
-        if batch_stats:
-            if par:
-                affine2_par(dy, x, a, bb, m, k, dx, chunk, row_block)
-            else:
-                affine2_ser(dy, x, a, bb, m, k, dx, chunk, row_block)
-        else:  # dx = g * dy: no need to read x
-            if par:
-                affine_par(dy, k, a, bb, dx, chunk, row_block)
-            else:
-                affine_ser(dy, k, a, bb, dx, chunk, row_block)
-    return dw, s1
+        _grad_input(dy, x, mean, rstd, w, s1, s2, P * L, batch_stats, dx, par, cfg)
+    return s2 * rstd, s1
 
 
 def forward_batch(
@@ -196,3 +205,33 @@ def backward(
         dy, x, mean, rstd, weight, bool(batch_stats),
         dx if need_dx else np.empty((0, 0, 0), x.dtype), need_dx, par, cfg,
     )
+
+
+def moments(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-channel float64 mean and biased variance of a ``(P, C, L)`` view with ``P*L > 0``."""
+    par, cfg = _config(x)
+    return _moments(x, par, cfg)
+
+
+def grad_sums(dy: np.ndarray, x: np.ndarray, mean: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-channel float64 ``(sum(dy), sum(dy * (x - mean)))``: the backward's one reduction.
+
+    Summed over processes, these give the global batch's backward (SyncBatchNorm).
+    """
+    par, cfg = _config(x)
+    return _sums(dy, x, np.zeros(x.shape[1]), mean, par, cfg)
+
+
+def grad_input(
+    dy: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.ndarray, weight: Optional[np.ndarray],
+    sum_dy: np.ndarray, sum_dy_xmu: np.ndarray, n: int, dx: np.ndarray,
+) -> np.ndarray:
+    """``dx = g*dy - g*rstd^2*sum_dy_xmu/n * (x - mean) - g*sum_dy/n`` with ``g = weight*rstd``.
+
+    The input gradient of training-mode normalization given the reductions of
+    :func:`grad_sums` over ``n`` values per channel (possibly more than this
+    view holds: the global batch of SyncBatchNorm).
+    """
+    par, cfg = _config(x)
+    _grad_input(dy, x, mean, rstd, weight, sum_dy, sum_dy_xmu, float(n), True, dx, par, cfg)
+    return dx
