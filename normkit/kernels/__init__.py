@@ -6,9 +6,9 @@ Inputs are trusted (validated by the front ends) C-contiguous float32/float64
 """
 
 from .layout import ChannelView, channel_view
-from .norm import backward, forward_batch, forward_fixed, grad_input, grad_sums, inv_std, moments
+from .norm import apply_coefficients, apply_coefficients2, backward, forward_batch, forward_fixed, grad_input, grad_sums, inv_std, moments
 
 __all__ = [
-    "ChannelView", "backward", "channel_view", "forward_batch", "forward_fixed", "grad_input", "grad_sums",
+    "apply_coefficients", "apply_coefficients2", "ChannelView", "backward", "channel_view", "forward_batch", "forward_fixed", "grad_input", "grad_sums",
     "inv_std", "moments",
 ]

@@ -235,3 +235,29 @@ def grad_input(
     par, cfg = _config(x)
     _grad_input(dy, x, mean, rstd, weight, sum_dy, sum_dy_xmu, float(n), True, dx, par, cfg)
     return dx
+
+
+def apply_coefficients(x: np.ndarray, m: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = (x - m[c]) * a[c] + b[c]`` over a ``(P, C, L)`` view (vectors in ``x``'s dtype).
+
+    The element pass every per-channel normalization ends in; layers that compute
+    their own coefficients (GroupNorm, Batch Renormalization) call it directly.
+    """
+    par, cfg = _config(x)
+    if par:
+        affine_par(x, m, a, b, out, cfg[0], cfg[4])
+    else:
+        affine_ser(x, m, a, b, out, cfg[0], cfg[4])
+    return out
+
+
+def apply_coefficients2(
+    dy: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray, m: np.ndarray, k: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """``out = a[c] * dy + b[c] * (x - m[c]) + k[c]`` (vectors in ``x``'s dtype): the backward's element pass."""
+    par, cfg = _config(x)
+    if par:
+        affine2_par(dy, x, a, b, m, k, out, cfg[0], cfg[4])
+    else:
+        affine2_ser(dy, x, a, b, m, k, out, cfg[0], cfg[4])
+    return out
