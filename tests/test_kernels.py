@@ -150,9 +150,10 @@ def test_constant_channel_gives_bias(layout, dtype):
     assert np.isfinite(dx).all()
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("parallel", [True, False])
-@pytest.mark.parametrize("shape", [(3, 4, 50), (2, 3, 7), (1000, 3, 1), (5, 2100, 1)])
-def test_split_work_agrees(monkeypatch, shape, parallel):
+@pytest.mark.parametrize("shape", [(3, 4, 50), (2, 8, 40), (2, 3, 7), (1000, 3, 1), (5, 2100, 1)])
+def test_split_work_agrees(monkeypatch, shape, parallel, fused):
     """Tiny chunk and block sizes force every run to be split across tasks."""
     rng = np.random.default_rng(2)
     x = rng.normal(3.0, 2.0, shape)
@@ -164,6 +165,7 @@ def test_split_work_agrees(monkeypatch, shape, parallel):
     monkeypatch.setattr(reduce, "COL_TASK_ELEMS", 64)
     monkeypatch.setattr(elementwise, "ROW_BLOCK_ELEMS", 64)
     monkeypatch.setattr(norm, "PARALLEL_MIN", 1 if parallel else 1 << 40)
+    monkeypatch.setattr(norm, "FUSE_MAX_CHANNEL_BYTES", 1 << 40 if fused else 0)
     y, mean, var = batch_norm(x)
     dx, dw, db = batch_norm_backward(dy, x, mean, var)
     np.testing.assert_allclose(mean, mean_ref, rtol=1e-12)

@@ -25,7 +25,9 @@ from numba import prange
 from ._jit import helper, twin
 from .reduce import ROW_MIN, task_bounds
 
-__all__ = ["ROW_BLOCK_ELEMS", "affine_par", "affine_ser", "affine2_par", "affine2_ser"]
+__all__ = [
+    "ROW_BLOCK_ELEMS", "affine_par", "affine_ser", "affine2_par", "affine2_ser", "affine_run", "affine2_run",
+]
 
 #: Elements of the (P, C*L) matrix handled per task in the columns pattern.
 ROW_BLOCK_ELEMS = 1 << 14
@@ -41,7 +43,7 @@ def _expand(v, group, W, dtype):
 
 
 @helper
-def _affine_run(xr, o, m, a, b):
+def affine_run(xr, o, m, a, b):
     for i in range(xr.shape[0]):
         o[i] = (xr[i] - m) * a + b
 
@@ -58,7 +60,7 @@ def _affine(x, m, a, b, out, chunk, row_block):
         K = max(1, (L + chunk - 1) // chunk)
         for t in prange(P * C * K):
             p, c, lo, n = task_bounds(t, C, K, L, chunk)
-            _affine_run(x[p, c, lo:lo + n], out[p, c, lo:lo + n], m[c], a[c], b[c])
+            affine_run(x[p, c, lo:lo + n], out[p, c, lo:lo + n], m[c], a[c], b[c])
         return
     W = C * L
     x2 = x.reshape(P, W)
@@ -73,7 +75,7 @@ def _affine(x, m, a, b, out, chunk, row_block):
 
 
 @helper
-def _affine2_run(gr, xr, o, a, b, m, k):
+def affine2_run(gr, xr, o, a, b, m, k):
     for i in range(xr.shape[0]):
         o[i] = gr[i] * a + (xr[i] - m) * b + k
 
@@ -90,7 +92,7 @@ def _affine2(dy, x, a, b, m, k, out, chunk, row_block):
         K = max(1, (L + chunk - 1) // chunk)
         for t in prange(P * C * K):
             p, c, lo, n = task_bounds(t, C, K, L, chunk)
-            _affine2_run(dy[p, c, lo:lo + n], x[p, c, lo:lo + n], out[p, c, lo:lo + n], a[c], b[c], m[c], k[c])
+            affine2_run(dy[p, c, lo:lo + n], x[p, c, lo:lo + n], out[p, c, lo:lo + n], a[c], b[c], m[c], k[c])
         return
     W = C * L
     g2 = dy.reshape(P, W)

@@ -26,10 +26,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+import numba
+
 from . import elementwise, reduce
 from ._jit import helper
+from .coefs import backward_coefs, forward_coefs
 from .elementwise import affine2_par, affine2_ser, affine_par, affine_ser
-from .reduce import sums_par, sums_ser
+from .fused import channel_backward_par, channel_backward_ser, channel_forward_par, channel_forward_ser
+from .reduce import ROW_MIN, channel_shift, finish_moments, sums_par, sums_ser
 
 __all__ = [
     "PARALLEL_MIN", "backward", "forward_batch", "forward_fixed", "grad_input", "grad_sums", "inv_std", "moments",
@@ -43,12 +47,16 @@ def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
 
 #: Inputs with fewer elements run single-threaded.
 PARALLEL_MIN = 1 << 15
+#: Largest channel (bytes) processed by the per-channel fused passes (:mod:`.fused`):
+#: about half a core's L2 cache on current x86 server parts.
+FUSE_MAX_CHANNEL_BYTES = 1 << 20
 
 
 def _config(x: np.ndarray):
     return (
         x.size >= PARALLEL_MIN,
-        (reduce.CHUNK, reduce.COL_BLOCK, reduce.COL_TASK_ELEMS, reduce.COL_TASKS_MAX, elementwise.ROW_BLOCK_ELEMS),
+        (reduce.CHUNK, reduce.COL_BLOCK, reduce.COL_TASK_ELEMS, reduce.COL_TASKS_MAX, elementwise.ROW_BLOCK_ELEMS,
+         FUSE_MAX_CHANNEL_BYTES, numba.get_num_threads()),
     )
 
 
@@ -57,7 +65,7 @@ def _sums(u, v, us, vs, par, cfg):
     C = u.shape[1]
     s1 = np.empty(C)
     s2 = np.empty(C)
-    chunk, block, task_elems, tasks_max, _ = cfg
+    chunk, block, task_elems, tasks_max = cfg[0], cfg[1], cfg[2], cfg[3]
     if par:
         sums_par(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max)
     else:
@@ -67,17 +75,17 @@ def _sums(u, v, us, vs, par, cfg):
 
 @helper
 def _apply(x, mean, rstd, w, b, out, par, cfg):
-    """out = w * (x - mean) * rstd + b, as (x - m) * a + b' with m = mean rounded to x's dtype."""
+    """out = w * (x - mean) * rstd + b, as (x - m) * a + s (see .coefs)."""
     C = x.shape[1]
     m = np.empty(C, x.dtype)
     a = np.empty(C, x.dtype)
     s = np.empty(C, x.dtype)
+    co = np.empty(3, x.dtype)
     for c in range(C):
-        m[c] = mean[c]
-        scale = rstd[c] if w is None else rstd[c] * w[c]
-        a[c] = scale
-        shift = -(mean[c] - np.float64(m[c])) * scale  # b' absorbs the rounding of m
-        s[c] = shift if b is None else shift + b[c]
+        forward_coefs(mean[c], rstd[c], w, b, c, co)
+        m[c] = co[0]
+        a[c] = co[1]
+        s[c] = co[2]
     if par:
         affine_par(x, m, a, s, out, cfg[0], cfg[4])
     else:
@@ -85,27 +93,39 @@ def _apply(x, mean, rstd, w, b, out, par, cfg):
 
 
 @helper
+def _fusable(x, cfg):
+    """Per-channel fusion: long runs, a channel within the cache budget (``cfg[5]`` bytes),
+    at least two channels for each of the ``cfg[6]`` threads."""
+    P, C, L = x.shape
+    return L >= ROW_MIN and P * L * x.itemsize <= cfg[5] and C >= 2 * cfg[6]
+
+
+@helper
 def _moments(x, par, cfg):
     P, C, L = x.shape
-    n = P * L
     shift = np.empty(C)
     for c in range(C):
-        k = np.float64(x[0, c, 0])
-        # an infinite shift would make sum(x - K) NaN; 0 keeps +-Inf in the mean, as torch
-        shift[c] = k if np.isfinite(k) else 0.0
+        shift[c] = channel_shift(x, c)
     s1, s2 = _sums(x, x, shift, shift, par, cfg)
     mean = np.empty(C)
     var = np.empty(C)
     for c in range(C):
-        d = s1[c] / n
-        mean[c] = shift[c] + d
-        v = s2[c] / n - d * d
-        var[c] = 0.0 if v < 0.0 else v  # rounding can dip below 0; NaN stays NaN
+        mean[c], var[c] = finish_moments(s1[c], s2[c], shift[c], P * L)
     return mean, var
 
 
 @helper
 def _forward_batch(x, w, b, eps, out, par, cfg):
+    if _fusable(x, cfg):
+        C = x.shape[1]
+        mean = np.empty(C)
+        var = np.empty(C)
+        rstd = np.empty(C)
+        if par:
+            channel_forward_par(x, w, b, eps, out, mean, var, rstd)
+        else:
+            channel_forward_ser(x, w, b, eps, out, mean, var, rstd)
+        return mean, var, rstd
     mean, var = _moments(x, par, cfg)
     rstd = 1.0 / np.sqrt(var + eps)
     _apply(x, mean, rstd, w, b, out, par, cfg)
@@ -129,18 +149,13 @@ def _grad_input(dy, x, mean, rstd, w, s1, s2, n, batch_stats, dx, par, cfg):
     bb = np.empty(C, x.dtype)
     m = np.empty(C, x.dtype)
     k = np.empty(C, x.dtype)
+    co = np.empty(4, x.dtype)
     for c in range(C):
-        g = rstd[c] if w is None else w[c] * rstd[c]
-        a[c] = g
-        m[c] = mean[c]
-        if batch_stats:
-            bc = -g * rstd[c] * rstd[c] * s2[c] / n
-            bb[c] = bc
-            # b * (x - mean) = b * (x - m) + b * (m - mean): the rounding of m goes to k
-            k[c] = -g * s1[c] / n + bc * (np.float64(m[c]) - mean[c])
-        else:
-            bb[c] = 0.0
-            k[c] = 0.0
+        backward_coefs(mean[c], rstd[c], w, c, s1[c], s2[c], n, batch_stats, co)
+        a[c] = co[0]
+        bb[c] = co[1]
+        m[c] = co[2]
+        k[c] = co[3]
     chunk, row_block = cfg[0], cfg[4]
     if batch_stats:
         if par:
@@ -157,6 +172,14 @@ def _grad_input(dy, x, mean, rstd, w, s1, s2, n, batch_stats, dx, par, cfg):
 @helper
 def _backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, par, cfg):
     P, C, L = x.shape
+    if _fusable(x, cfg):
+        dw = np.empty(C)
+        db = np.empty(C)
+        if par:
+            channel_backward_par(dy, x, mean, rstd, w, batch_stats, dx, need_dx, dw, db)
+        else:
+            channel_backward_ser(dy, x, mean, rstd, w, batch_stats, dx, need_dx, dw, db)
+        return dw, db
     s1, s2 = _sums(dy, x, np.zeros(C), mean, par, cfg)
     if need_dx:
         _grad_input(dy, x, mean, rstd, w, s1, s2, P * L, batch_stats, dx, par, cfg)

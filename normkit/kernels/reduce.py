@@ -38,7 +38,10 @@ from numba import prange
 
 from ._jit import helper, twin
 
-__all__ = ["ROW_MIN", "CHUNK", "COL_BLOCK", "COL_TASK_ELEMS", "COL_TASKS_MAX", "sums_par", "sums_ser", "task_bounds"]
+__all__ = [
+    "ROW_MIN", "CHUNK", "COL_BLOCK", "COL_TASK_ELEMS", "COL_TASKS_MAX", "channel_shift", "finish_moments",
+    "run_moments", "run_sums", "sums_par", "sums_ser", "task_bounds",
+]
 
 #: Shortest contiguous run handled by the rows pattern.
 ROW_MIN = 16
@@ -69,6 +72,40 @@ def _row_run(ur, vr, a, b):
         s1 += d
         s2 += d * (vr[i] - b)
     return s1, s2
+
+
+@helper
+def run_moments(xr, k):
+    """``(sum(x - k), sum((x - k)^2))`` of one contiguous run, float64 (forward statistics)."""
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(xr.shape[0]):
+        d = xr[i] - k
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@helper
+def run_sums(ur, vr, a, b):
+    """``(sum(u - a), sum((u - a) * (v - b)))`` of one contiguous run, float64."""
+    return _row_run(ur, vr, a, b)
+
+
+@helper
+def finish_moments(s1, s2, shift, n):
+    """Shifted sums of ``n`` values -> (mean, biased variance); rounding below 0 clamps, NaN stays."""
+    d = s1 / n
+    v = s2 / n - d * d
+    return shift + d, (0.0 if v < 0.0 else v)
+
+
+@helper
+def channel_shift(x, c):
+    """The shift for channel ``c`` of a (P, C, L) view: its first value, or 0 if not finite
+    (an infinite shift would make sum(x - K) NaN; 0 keeps +-Inf in the mean, as torch)."""
+    k = np.float64(x[0, c, 0])
+    return k if np.isfinite(k) else 0.0
 
 
 @helper

@@ -1,0 +1,79 @@
+"""Per-channel fused passes for channels that fit in cache (long contiguous runs).
+
+One task per channel: its statistics (or backward sums) are reduced over the
+channel's runs, its coefficients computed, and the element pass applied to the
+same runs while they are still in the core's cache. Memory traffic is then one
+read of the input (plus ``dy`` backward) and one write of the output -- below
+the two-pass floor -- instead of a second read from main memory.
+
+Used when the rows pattern applies (``L >= ROW_MIN``), a channel's data fits
+the per-core cache budget, and there are enough channels to keep every thread
+busy; otherwise :mod:`.norm` runs the two-pass kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._jit import twin
+from .coefs import backward_coefs, forward_coefs
+from .elementwise import affine2_run, affine_run
+from .reduce import channel_shift, finish_moments, run_moments, run_sums
+
+__all__ = ["channel_forward_par", "channel_forward_ser", "channel_backward_par", "channel_backward_ser"]
+
+
+def _channel_forward(x, w, b, eps, out, mean, var, rstd):
+    P, C, L = x.shape
+    n = P * L
+    for c in prange(C):
+        k = channel_shift(x, c)
+        s1 = 0.0
+        s2 = 0.0
+        for p in range(P):
+            a1, a2 = run_moments(x[p, c], k)
+            s1 += a1
+            s2 += a2
+        mu, v = finish_moments(s1, s2, k, n)
+        r = 1.0 / np.sqrt(v + eps)
+        mean[c] = mu
+        var[c] = v
+        rstd[c] = r
+        co = np.empty(3, x.dtype)
+        forward_coefs(mu, r, w, b, c, co)
+        m, a, s = co[0], co[1], co[2]
+        for p in range(P):
+            affine_run(x[p, c], out[p, c], m, a, s)
+
+
+def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, dw, db):
+    P, C, L = x.shape
+    n = P * L
+    for c in prange(C):
+        s1 = 0.0
+        s2 = 0.0
+        mc = mean[c]
+        for p in range(P):
+            a1, a2 = run_sums(dy[p, c], x[p, c], 0.0, mc)
+            s1 += a1
+            s2 += a2
+        dw[c] = s2 * rstd[c]
+        db[c] = s1
+        if need_dx:
+            co = np.empty(4, x.dtype)
+            backward_coefs(mc, rstd[c], w, c, s1, s2, n, batch_stats, co)
+            a, q, m, k = co[0], co[1], co[2], co[3]
+            if batch_stats:
+                for p in range(P):
+                    affine2_run(dy[p, c], x[p, c], dx[p, c], a, q, m, k)
+            else:  # dx = a * dy (q = k = 0)
+                for p in range(P):
+                    affine_run(dy[p, c], dx[p, c], q, a, k)
+
+
+#: ``channel_forward(x, w, b, eps, out, mean, var, rstd)``: training forward, fills the
+#: float64 ``mean``/``var``/``rstd`` (C,) and ``out``.
+channel_forward_par, channel_forward_ser = twin(_channel_forward)
+#: ``channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, dw, db)``.
+channel_backward_par, channel_backward_ser = twin(_channel_backward)
