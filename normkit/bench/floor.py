@@ -22,7 +22,7 @@ import torch
 
 from .cases import Case
 from .peers import make_input
-from .timing import measure
+from .timing import measure_interleaved
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,14 @@ def _primitives(case: Case) -> Tuple[float, float, float, float]:
         x = make_input(case)
         dy = make_input(case, seed=1)
         out = torch.empty_like(x)
-        read = measure(lambda: torch.sum(x)).median
-        copy = measure(lambda: out.copy_(x)).median
-        add = measure(lambda: torch.add(x, dy, out=out)).median
-        fresh = measure(lambda: torch.empty_like(x).copy_(x)).median
-        _cache[key] = (read, copy, add, max(0.0, fresh - copy))
+        t = measure_interleaved({
+            "read": lambda: torch.sum(x),
+            "copy": lambda: out.copy_(x),
+            "add": lambda: torch.add(x, dy, out=out),
+            "fresh": lambda: torch.empty_like(x).copy_(x),
+        }, budget=0.2)
+        copy = t["copy"].median
+        _cache[key] = (t["read"].median, copy, t["add"].median, max(0.0, t["fresh"].median - copy))
     return _cache[key]
 
 

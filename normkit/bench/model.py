@@ -16,7 +16,7 @@ from torch import nn
 
 import normkit.nn as nkn
 
-from .timing import Timing, measure, settle
+from .timing import Timing, measure_interleaved
 
 
 class Block(nn.Module):
@@ -62,15 +62,13 @@ def training_step(batch: int = 32, budget: float = 1.0) -> Dict[str, Timing]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
-    out = {}
-    for name, model in (("torch", base), ("normkit", nkn.convert(copy.deepcopy(base)))):
-        settle()
-        out[name] = measure(_step(model, x, y), budget=budget, min_reps=5, max_reps=50)
-    return out
+    ours = nkn.convert(copy.deepcopy(base))
+    return measure_interleaved({"torch": _step(base, x, y), "normkit": _step(ours, x, y)},
+                               budget=budget, min_reps=5, max_reps=50)
 
 
 _PROBE = r"""
-import json, os, resource, sys, time
+import json, os, sys, threading, time
 t0 = time.perf_counter()
 import torch
 which, batch = sys.argv[1], int(sys.argv[2])
@@ -82,16 +80,30 @@ if which == "normkit":
     model = nkn.convert(model)
 g = torch.Generator().manual_seed(0)
 x = torch.randn(batch, 3, 32, 32, generator=g); y = torch.randint(0, 10, (batch,), generator=g)
+def step():
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+t1 = time.perf_counter()
+step()
+first = time.perf_counter() - t1
+import_to_step = time.perf_counter() - t0
+page = os.sysconf("SC_PAGE_SIZE")
 def rss():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-before = rss()
-t1 = time.perf_counter()
-loss = torch.nn.functional.cross_entropy(model(x), y); loss.backward()
-first = time.perf_counter() - t1
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"first_step_s": first, "import_to_step_s": time.perf_counter() - t0,
-                  "peak_step_bytes": peak - before}))
+        return int(f.read().split()[1]) * page
+peak = [0]
+done = threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.0005)
+base = rss()
+sampler = threading.Thread(target=sample); sampler.start()
+step()
+done.set(); sampler.join()
+print(json.dumps({"first_step_s": first, "import_to_step_s": import_to_step,
+                  "peak_step_bytes": max(0, peak[0] - base)}))
 """
 
 

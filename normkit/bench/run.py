@@ -20,7 +20,7 @@ from .cases import TRAFFIC, Case, default_cases
 from .floor import floor, outputs_allocated
 from .model import fresh_process_costs, training_step
 from .peers import PEERS, make_callables
-from .timing import measure, settle
+from .timing import measure_interleaved
 
 
 def machine() -> Dict[str, Any]:
@@ -58,10 +58,7 @@ def _threading_layer() -> str:
 
 def run_case(case: Case, peers, budget: float) -> Dict[str, Any]:
     fns = make_callables(case, peers)
-    times = {}
-    for name, fn in fns.items():
-        settle()
-        times[name] = measure(fn, budget=budget if name != "numpy-ref" else budget / 3, max_reps=100)
+    times = measure_interleaved(fns, budget=budget)
     nk = times["normkit"]
     fl = floor(case)
     k = outputs_allocated(case)

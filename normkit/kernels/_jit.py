@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import types
-from typing import Callable, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numba
 from numba import njit
@@ -29,17 +29,32 @@ _OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH)
 helper = njit(**_OPTIONS)
 
 
-def twin(fn: Callable) -> Tuple[Callable, Callable]:
+def twin(fn: Callable, par_globals: Optional[Dict[str, Any]] = None,
+         ser_globals: Optional[Dict[str, Any]] = None, loops: bool = True) -> Tuple[Callable, Callable]:
     """``(parallel, serial)`` compilations of ``fn``.
 
     The serial one is compiled from a copy of the function under another
     qualified name: Numba's on-disk cache is keyed by that name, and must not
-    hand one flavour's machine code to the other.
+    hand one flavour's machine code to the other. ``par_globals`` /
+    ``ser_globals`` rebind global names for each flavour, so that one source
+    can call the parallel kernels in one compilation and the serial ones in the
+    other (each compiled only when first called). ``loops=False`` is for
+    orchestrators without ``prange`` loops of their own: both flavours are then
+    compiled serially, differing only in what they call.
     """
-    clone = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
-    clone.__qualname__ = fn.__qualname__ + "_serial"
+    par_fn = fn
+    if par_globals:
+        par_fn = _clone(fn, fn.__name__, par_globals)
+    ser_fn = _clone(fn, fn.__name__ + "_serial", ser_globals or {})
+    return njit(parallel=loops, **_OPTIONS)(par_fn), njit(parallel=False, **_OPTIONS)(ser_fn)
+
+
+def _clone(fn: Callable, name: str, extra_globals: Dict[str, Any]) -> Callable:
+    scope = fn.__globals__ if not extra_globals else {**fn.__globals__, **extra_globals}
+    clone = types.FunctionType(fn.__code__, scope, name, fn.__defaults__, fn.__closure__)
+    clone.__qualname__ = fn.__qualname__.rsplit(".", 1)[0] + "." + name if "." in fn.__qualname__ else name
     clone.__module__ = fn.__module__
-    return njit(parallel=True, **_OPTIONS)(fn), njit(parallel=False, **_OPTIONS)(clone)
+    return clone
 
 
 # Serial entry points call the parallel kernels. Compiling them starts Numba's

@@ -24,9 +24,12 @@ from .reduce import channel_shift, finish_moments, run_moments, run_sums
 __all__ = ["channel_forward_par", "channel_forward_ser", "channel_backward_par", "channel_backward_ser"]
 
 
-def _channel_forward(x, w, b, eps, out, mean, var, rstd):
+def _channel_forward(x, w, b, eps, out):
     P, C, L = x.shape
     n = P * L
+    mean = np.empty(C)
+    var = np.empty(C)
+    rstd = np.empty(C)
     for c in prange(C):
         k = channel_shift(x, c)
         s1 = 0.0
@@ -45,11 +48,14 @@ def _channel_forward(x, w, b, eps, out, mean, var, rstd):
         m, a, s = co[0], co[1], co[2]
         for p in range(P):
             affine_run(x[p, c], out[p, c], m, a, s)
+    return mean, var, rstd
 
 
-def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, dw, db):
+def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx):
     P, C, L = x.shape
     n = P * L
+    dw = np.empty(C)
+    db = np.empty(C)
     for c in prange(C):
         s1 = 0.0
         s2 = 0.0
@@ -70,10 +76,10 @@ def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, dw, db):
             else:  # dx = a * dy (q = k = 0)
                 for p in range(P):
                     affine_run(dy[p, c], dx[p, c], q, a, k)
+    return dw, db
 
 
-#: ``channel_forward(x, w, b, eps, out, mean, var, rstd)``: training forward, fills the
-#: float64 ``mean``/``var``/``rstd`` (C,) and ``out``.
+#: ``channel_forward(x, w, b, eps, out) -> (mean, var, rstd)``: training forward (float64 stats).
 channel_forward_par, channel_forward_ser = twin(_channel_forward)
-#: ``channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, dw, db)``.
+#: ``channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx) -> (dweight, dbias)``.
 channel_backward_par, channel_backward_ser = twin(_channel_backward)

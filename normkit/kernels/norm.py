@@ -14,36 +14,32 @@ the backward returns the closed-form ``dx``, ``dweight = sum(dy * x_hat)`` and
 ``dbias = sum(dy)``. Arrays are trusted: shapes, dtypes and contiguity are
 checked once by the public front ends.
 
-Each public function is one call into compiled code (the statistics, the
-per-channel coefficients and the element pass together), parallel above
-:data:`PARALLEL_MIN` elements and serial below, where a thread-pool launch
-would cost more than the work.
+Each public function is one call into compiled code: the per-channel fused
+passes of :mod:`.fused` when a channel fits in cache, else a two-pass
+orchestration (statistics, coefficients, element pass) from this module. Every
+compiled entry point exists in a parallel flavour, used above
+:data:`PARALLEL_MIN` elements, and a serial one below, where a thread-pool
+launch would cost more than the work; each is compiled only when first used.
 """
 
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numba
 import numpy as np
 
-import numba
-
 from . import elementwise, reduce
-from ._jit import helper
+from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
 from .elementwise import affine2_par, affine2_ser, affine_par, affine_ser
 from .fused import channel_backward_par, channel_backward_ser, channel_forward_par, channel_forward_ser
 from .reduce import ROW_MIN, channel_shift, finish_moments, sums_par, sums_ser
 
 __all__ = [
-    "PARALLEL_MIN", "backward", "forward_batch", "forward_fixed", "grad_input", "grad_sums", "inv_std", "moments",
+    "FUSE_MAX_CHANNEL_BYTES", "PARALLEL_MIN", "apply_coefficients", "apply_coefficients2", "backward",
+    "forward_batch", "forward_fixed", "grad_input", "grad_sums", "inv_std", "moments",
 ]
-
-
-def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
-    """``1 / sqrt(var + eps)`` in float64 (NaN/Inf pass through silently)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
 
 #: Inputs with fewer elements run single-threaded.
 PARALLEL_MIN = 1 << 15
@@ -52,30 +48,26 @@ PARALLEL_MIN = 1 << 15
 FUSE_MAX_CHANNEL_BYTES = 1 << 20
 
 
+def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
+    """``1 / sqrt(var + eps)`` in float64 (NaN/Inf pass through silently)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
+
+
 def _config(x: np.ndarray):
-    return (
-        x.size >= PARALLEL_MIN,
-        (reduce.CHUNK, reduce.COL_BLOCK, reduce.COL_TASK_ELEMS, reduce.COL_TASKS_MAX, elementwise.ROW_BLOCK_ELEMS,
-         FUSE_MAX_CHANNEL_BYTES, numba.get_num_threads()),
-    )
+    """(parallel?, fused?, the tuning tuple the compiled code reads)."""
+    P, C, L = x.shape
+    par = x.size >= PARALLEL_MIN
+    fused = L >= ROW_MIN and P * L * x.itemsize <= FUSE_MAX_CHANNEL_BYTES and C >= 2 * numba.get_num_threads()
+    cfg = (reduce.CHUNK, reduce.COL_BLOCK, reduce.COL_TASK_ELEMS, reduce.COL_TASKS_MAX, elementwise.ROW_BLOCK_ELEMS)
+    return par, fused, cfg
+
+
+# -- small serial helpers (per-channel vectors) ---------------------------------
 
 
 @helper
-def _sums(u, v, us, vs, par, cfg):
-    C = u.shape[1]
-    s1 = np.empty(C)
-    s2 = np.empty(C)
-    chunk, block, task_elems, tasks_max = cfg[0], cfg[1], cfg[2], cfg[3]
-    if par:
-        sums_par(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max)
-    else:
-        sums_ser(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max)
-    return s1, s2
-
-
-@helper
-def _apply(x, mean, rstd, w, b, out, par, cfg):
-    """out = w * (x - mean) * rstd + b, as (x - m) * a + s (see .coefs)."""
+def _forward_vectors(x, mean, rstd, w, b):
     C = x.shape[1]
     m = np.empty(C, x.dtype)
     a = np.empty(C, x.dtype)
@@ -86,27 +78,44 @@ def _apply(x, mean, rstd, w, b, out, par, cfg):
         m[c] = co[0]
         a[c] = co[1]
         s[c] = co[2]
-    if par:
-        affine_par(x, m, a, s, out, cfg[0], cfg[4])
-    else:
-        affine_ser(x, m, a, s, out, cfg[0], cfg[4])
+    return m, a, s
 
 
 @helper
-def _fusable(x, cfg):
-    """Per-channel fusion: long runs, a channel within the cache budget (``cfg[5]`` bytes),
-    at least two channels for each of the ``cfg[6]`` threads."""
-    P, C, L = x.shape
-    return L >= ROW_MIN and P * L * x.itemsize <= cfg[5] and C >= 2 * cfg[6]
+def _backward_vectors(x, mean, rstd, w, s1, s2, n, batch_stats):
+    C = x.shape[1]
+    a = np.empty(C, x.dtype)
+    q = np.empty(C, x.dtype)
+    m = np.empty(C, x.dtype)
+    k = np.empty(C, x.dtype)
+    co = np.empty(4, x.dtype)
+    for c in range(C):
+        backward_coefs(mean[c], rstd[c], w, c, s1[c], s2[c], n, batch_stats, co)
+        a[c] = co[0]
+        q[c] = co[1]
+        m[c] = co[2]
+        k[c] = co[3]
+    return a, q, m, k
 
 
 @helper
-def _moments(x, par, cfg):
-    P, C, L = x.shape
+def _shifts(x):
+    C = x.shape[1]
     shift = np.empty(C)
     for c in range(C):
         shift[c] = channel_shift(x, c)
-    s1, s2 = _sums(x, x, shift, shift, par, cfg)
+    return shift
+
+
+# -- two-pass orchestrations; _SUMS/_AFFINE/_AFFINE2 are bound per flavour ------
+
+
+def _moments2(x, cfg):
+    P, C, L = x.shape
+    shift = _shifts(x)
+    s1 = np.empty(C)
+    s2 = np.empty(C)
+    _SUMS(x, x, shift, shift, s1, s2, cfg[0], cfg[1], cfg[2], cfg[3])  # noqa: F821
     mean = np.empty(C)
     var = np.empty(C)
     for c in range(C):
@@ -114,76 +123,66 @@ def _moments(x, par, cfg):
     return mean, var
 
 
-@helper
-def _forward_batch(x, w, b, eps, out, par, cfg):
-    if _fusable(x, cfg):
-        C = x.shape[1]
-        mean = np.empty(C)
-        var = np.empty(C)
-        rstd = np.empty(C)
-        if par:
-            channel_forward_par(x, w, b, eps, out, mean, var, rstd)
-        else:
-            channel_forward_ser(x, w, b, eps, out, mean, var, rstd)
-        return mean, var, rstd
-    mean, var = _moments(x, par, cfg)
+def _forward_batch2(x, w, b, eps, out, cfg):
+    mean, var = _MOMENTS(x, cfg)  # noqa: F821
     rstd = 1.0 / np.sqrt(var + eps)
-    _apply(x, mean, rstd, w, b, out, par, cfg)
+    m, a, s = _forward_vectors(x, mean, rstd, w, b)
+    _AFFINE(x, m, a, s, out, cfg[0], cfg[4])  # noqa: F821
     return mean, var, rstd
 
 
-@helper
-def _forward_fixed(x, mean, var, w, b, eps, out, par, cfg):
-    C = x.shape[1]
-    rstd = np.empty(C)
-    for c in range(C):
-        rstd[c] = 1.0 / np.sqrt(var[c] + eps)
-    _apply(x, mean, rstd, w, b, out, par, cfg)
+def _forward_fixed2(x, mean, var, w, b, eps, out, cfg):
+    rstd = 1.0 / np.sqrt(var + eps)
+    m, a, s = _forward_vectors(x, mean, rstd, w, b)
+    _AFFINE(x, m, a, s, out, cfg[0], cfg[4])  # noqa: F821
     return rstd
 
 
-@helper
-def _grad_input(dy, x, mean, rstd, w, s1, s2, n, batch_stats, dx, par, cfg):
+def _grad_sums2(dy, x, mean, cfg):
     C = x.shape[1]
-    a = np.empty(C, x.dtype)
-    bb = np.empty(C, x.dtype)
-    m = np.empty(C, x.dtype)
-    k = np.empty(C, x.dtype)
-    co = np.empty(4, x.dtype)
-    for c in range(C):
-        backward_coefs(mean[c], rstd[c], w, c, s1[c], s2[c], n, batch_stats, co)
-        a[c] = co[0]
-        bb[c] = co[1]
-        m[c] = co[2]
-        k[c] = co[3]
-    chunk, row_block = cfg[0], cfg[4]
+    s1 = np.empty(C)
+    s2 = np.empty(C)
+    _SUMS(dy, x, np.zeros(C), mean, s1, s2, cfg[0], cfg[1], cfg[2], cfg[3])  # noqa: F821
+    return s1, s2
+
+
+def _grad_input2(dy, x, mean, rstd, w, s1, s2, n, batch_stats, dx, cfg):
+    a, q, m, k = _backward_vectors(x, mean, rstd, w, s1, s2, n, batch_stats)
     if batch_stats:
-        if par:
-            affine2_par(dy, x, a, bb, m, k, dx, chunk, row_block)
-        else:
-            affine2_ser(dy, x, a, bb, m, k, dx, chunk, row_block)
-    else:  # dx = g * dy: no need to read x
-        if par:
-            affine_par(dy, k, a, bb, dx, chunk, row_block)
-        else:
-            affine_ser(dy, k, a, bb, dx, chunk, row_block)
+        _AFFINE2(dy, x, a, q, m, k, dx, cfg[0], cfg[4])  # noqa: F821
+    else:  # dx = a * dy: x is not read (q = k = 0)
+        _AFFINE(dy, q, a, k, dx, cfg[0], cfg[4])  # noqa: F821
 
 
-@helper
-def _backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, par, cfg):
+def _backward2(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cfg):
     P, C, L = x.shape
-    if _fusable(x, cfg):
-        dw = np.empty(C)
-        db = np.empty(C)
-        if par:
-            channel_backward_par(dy, x, mean, rstd, w, batch_stats, dx, need_dx, dw, db)
-        else:
-            channel_backward_ser(dy, x, mean, rstd, w, batch_stats, dx, need_dx, dw, db)
-        return dw, db
-    s1, s2 = _sums(dy, x, np.zeros(C), mean, par, cfg)
+    s1, s2 = _GRAD_SUMS(dy, x, mean, cfg)  # noqa: F821
     if need_dx:
-        _grad_input(dy, x, mean, rstd, w, s1, s2, P * L, batch_stats, dx, par, cfg)
+        _GRAD_INPUT(dy, x, mean, rstd, w, s1, s2, P * L, batch_stats, dx, cfg)  # noqa: F821
     return s2 * rstd, s1
+
+
+def _flavours(fn, **named):
+    """Parallel and serial compilations of ``fn`` with ``named`` globals bound per flavour:
+    each value is a ``(parallel, serial)`` pair."""
+    return twin(fn, {k: v[0] for k, v in named.items()}, {k: v[1] for k, v in named.items()}, loops=False)
+
+
+_moments = _flavours(_moments2, _SUMS=(sums_par, sums_ser))
+_forward_batch = _flavours(_forward_batch2, _MOMENTS=_moments, _AFFINE=(affine_par, affine_ser))
+_forward_fixed = _flavours(_forward_fixed2, _AFFINE=(affine_par, affine_ser))
+_grad_sums = _flavours(_grad_sums2, _SUMS=(sums_par, sums_ser))
+_grad_input = _flavours(_grad_input2, _AFFINE=(affine_par, affine_ser), _AFFINE2=(affine2_par, affine2_ser))
+_backward = _flavours(_backward2, _GRAD_SUMS=_grad_sums, _GRAD_INPUT=_grad_input)
+_fused_forward = (channel_forward_par, channel_forward_ser)
+_fused_backward = (channel_backward_par, channel_backward_ser)
+
+
+def _pick(pair, par: bool):
+    return pair[0] if par else pair[1]
+
+
+# -- public entry points ------------------------------------------------------------
 
 
 def forward_batch(
@@ -195,8 +194,10 @@ def forward_batch(
     vectors or None. Returns float64 ``(mean, var, rstd)`` (``var`` biased).
     Statistics are float64 one-pass shifted sums (:mod:`.reduce`).
     """
-    par, cfg = _config(x)
-    return _forward_batch(x, weight, bias, float(eps), out, par, cfg)
+    par, fused, cfg = _config(x)
+    if fused:
+        return _pick(_fused_forward, par)(x, weight, bias, float(eps), out)
+    return _pick(_forward_batch, par)(x, weight, bias, float(eps), out, cfg)
 
 
 def forward_fixed(
@@ -204,8 +205,8 @@ def forward_fixed(
     bias: Optional[np.ndarray], eps: float, out: np.ndarray,
 ) -> np.ndarray:
     """Forward with given statistics (inference): returns float64 ``rstd``."""
-    par, cfg = _config(x)
-    return _forward_fixed(x, mean, var, weight, bias, float(eps), out, par, cfg)
+    par, _, cfg = _config(x)
+    return _pick(_forward_fixed, par)(x, mean, var, weight, bias, float(eps), out, cfg)
 
 
 def backward(
@@ -222,18 +223,18 @@ def backward(
 
     ``dweight = rstd * s2``, ``dbias = s1``. ``mean``/``rstd`` are float64 ``(C,)``.
     """
-    par, cfg = _config(x)
+    par, fused, cfg = _config(x)
     need_dx = dx is not None
-    return _backward(
-        dy, x, mean, rstd, weight, bool(batch_stats),
-        dx if need_dx else np.empty((0, 0, 0), x.dtype), need_dx, par, cfg,
-    )
+    target = dx if need_dx else np.empty((0, 0, 0), x.dtype)
+    if fused:
+        return _pick(_fused_backward, par)(dy, x, mean, rstd, weight, bool(batch_stats), target, need_dx)
+    return _pick(_backward, par)(dy, x, mean, rstd, weight, bool(batch_stats), target, need_dx, cfg)
 
 
 def moments(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Per-channel float64 mean and biased variance of a ``(P, C, L)`` view with ``P*L > 0``."""
-    par, cfg = _config(x)
-    return _moments(x, par, cfg)
+    par, _, cfg = _config(x)
+    return _pick(_moments, par)(x, cfg)
 
 
 def grad_sums(dy: np.ndarray, x: np.ndarray, mean: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -241,8 +242,8 @@ def grad_sums(dy: np.ndarray, x: np.ndarray, mean: np.ndarray) -> Tuple[np.ndarr
 
     Summed over processes, these give the global batch's backward (SyncBatchNorm).
     """
-    par, cfg = _config(x)
-    return _sums(dy, x, np.zeros(x.shape[1]), mean, par, cfg)
+    par, _, cfg = _config(x)
+    return _pick(_grad_sums, par)(dy, x, mean, cfg)
 
 
 def grad_input(
@@ -255,8 +256,8 @@ def grad_input(
     :func:`grad_sums` over ``n`` values per channel (possibly more than this
     view holds: the global batch of SyncBatchNorm).
     """
-    par, cfg = _config(x)
-    _grad_input(dy, x, mean, rstd, weight, sum_dy, sum_dy_xmu, float(n), True, dx, par, cfg)
+    par, _, cfg = _config(x)
+    _pick(_grad_input, par)(dy, x, mean, rstd, weight, sum_dy, sum_dy_xmu, float(n), True, dx, cfg)
     return dx
 
 
@@ -266,11 +267,8 @@ def apply_coefficients(x: np.ndarray, m: np.ndarray, a: np.ndarray, b: np.ndarra
     The element pass every per-channel normalization ends in; layers that compute
     their own coefficients (GroupNorm, Batch Renormalization) call it directly.
     """
-    par, cfg = _config(x)
-    if par:
-        affine_par(x, m, a, b, out, cfg[0], cfg[4])
-    else:
-        affine_ser(x, m, a, b, out, cfg[0], cfg[4])
+    par, _, cfg = _config(x)
+    _pick((affine_par, affine_ser), par)(x, m, a, b, out, cfg[0], cfg[4])
     return out
 
 
@@ -278,9 +276,6 @@ def apply_coefficients2(
     dy: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray, m: np.ndarray, k: np.ndarray, out: np.ndarray
 ) -> np.ndarray:
     """``out = a[c] * dy + b[c] * (x - m[c]) + k[c]`` (vectors in ``x``'s dtype): the backward's element pass."""
-    par, cfg = _config(x)
-    if par:
-        affine2_par(dy, x, a, b, m, k, out, cfg[0], cfg[4])
-    else:
-        affine2_ser(dy, x, a, b, m, k, out, cfg[0], cfg[4])
+    par, _, cfg = _config(x)
+    _pick((affine2_par, affine2_ser), par)(dy, x, a, b, m, k, out, cfg[0], cfg[4])
     return out
