@@ -16,6 +16,7 @@ import torch
 import normkit
 
 from . import report
+from .allocation import allocation_study
 from .cases import TRAFFIC, Case, default_cases
 from .floor import floor, outputs_allocated
 from .model import fresh_process_costs, training_step
@@ -35,9 +36,10 @@ def machine() -> Dict[str, Any]:
 
 def _cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or "unknown"
@@ -87,6 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out (it compiles each shape)")
     p.add_argument("--budget", type=float, default=0.3, help="seconds of timed calls per peer and case")
     p.add_argument("--skip-model", action="store_true", help="leave out the whole-model measurements")
+    p.add_argument("--skip-alloc", action="store_true", help="leave out the allocation study")
     args = p.parse_args(argv)
 
     threads = args.threads or _cores()
@@ -102,7 +105,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = []
     for i, case in enumerate(cases, 1):
         print(f"  [{i}/{len(cases)}] {case.label} {case.direction}", file=sys.stderr, flush=True)
-        rows.append(run_case(case, peers, budget))
+        # --quick: torch.compile (seconds of compilation per shape) on the first case only
+        rows.append(run_case(case, peers if not (args.quick and i > 1) else [q for q in peers if q != "torch.compile"],
+                             budget))
     info["numba_threading_layer"] = _threading_layer()
     print(report.text_table(rows))
 
@@ -127,6 +132,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                     f"{c['peak_step_bytes'] / 2**20:.1f} |")
             md.append(text)
             print(f"{name}: first step {c['first_step_s']:.2f} s, peak step memory {c['peak_step_bytes'] / 2**20:.1f} MB")
+    if not args.skip_alloc:
+        shape = (4, 8, 32, 32) if args.quick else (32, 64, 112, 112)
+        study = allocation_study(shape, threads)
+        result["allocation"] = study
+        md += ["", f"Allocation study, BatchNorm2d training forward on {'x'.join(map(str, shape))} (ms):", "",
+               "| allocator | normkit | torch | fresh output (alloc + copy) | copy into existing |", "|---|---|---|---|---|"]
+        for setting, t in study.items():
+            md.append(f"| {setting} | {t['normkit']:.2f} | {t['torch']:.2f} | {t['fresh output']:.2f} | "
+                      f"{t['existing output']:.2f} |")
+            print(f"allocator {setting}: normkit {t['normkit']:.2f} ms, torch {t['torch']:.2f} ms, fresh output "
+                  f"{t['fresh output']:.2f} ms vs existing {t['existing output']:.2f} ms")
     if args.out:
         for path in report.write(args.out, result, "\n".join(md) + "\n"):
             print(f"wrote {path}")

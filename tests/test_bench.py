@@ -1,0 +1,33 @@
+"""`normkit bench` runs end to end and reports every column (a smoke test: no timing assertions)."""
+
+import json
+import sys
+
+import pytest
+
+from normkit.bench import report
+from normkit.cli import main
+
+
+def test_bench_quick_smoke(tmp_path, capsys):
+    assert main(["bench", "--quick", "--out", str(tmp_path), "--budget", "0.01"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("case"))
+    for column in report.COLUMNS:
+        assert column in header
+    data = json.loads((tmp_path / "bench.json").read_text())
+    rows = data["rows"]
+    assert rows and all(r["normkit_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
+    assert any("compile_ms" in r for r in rows)  # torch.compile measured at least once
+    assert "training_step" in data and "fresh_process" in data and set(data["allocation"]) == {"default", "tuned"}
+    md = (tmp_path / "bench.md").read_text()
+    assert "| case |" in md and "Allocation study" in md
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_allocator_setting_is_accepted_and_reverts():
+    import normkit.allocator as alloc
+
+    assert alloc.keep_freed_memory(True) is True  # glibc accepted both settings
+    assert alloc.keep_freed_memory(False) is True
