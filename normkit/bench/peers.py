@@ -32,7 +32,25 @@ def make_input(case: Case, requires_grad: bool = False, seed: int = 0) -> torch.
     return x.requires_grad_(requires_grad)
 
 
+class _WithResidual(nn.Module):
+    """``relu(bn(x) + z)``: torch's separate operations, or normkit's fused layer, with ``z`` fixed."""
+
+    def __init__(self, bn: nn.Module, z: torch.Tensor, fused: bool) -> None:
+        super().__init__()
+        self.bn, self.z, self.fused = bn, z, fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x, self.z) if self.fused else torch.relu(self.bn(x) + self.z)
+
+
 def _module(peer: str, case: Case) -> nn.Module:
+    if case.layer == "BatchNormAct2d":
+        bn = _module(peer, Case("BatchNorm2d", case.shape, case.layout, case.direction, case.dtype))
+        if peer == "normkit":
+            fused = nkn.BatchNormAct2d(case.shape[1], act="relu").to(getattr(torch, case.dtype))
+            fused.load_state_dict(bn.state_dict())
+            bn = fused
+        return _WithResidual(bn, make_input(case, seed=2), fused=peer == "normkit")
     cls = _NORMKIT[case.layer] if peer == "normkit" else _TORCH[case.layer]
     m = cls(case.shape[1]).to(getattr(torch, case.dtype))
     with torch.no_grad():
@@ -66,7 +84,7 @@ def _torch_callable(module: nn.Module, case: Case) -> Callable[[], object]:
 
 
 def _reference_callable(case: Case) -> Optional[Callable[[], object]]:
-    if case.numel > REFERENCE_MAX_NUMEL:
+    if case.numel > REFERENCE_MAX_NUMEL or not case.layer.startswith("BatchNorm") or "Act" in case.layer:
         return None
     x = make_input(case).numpy()
     C = case.shape[1]

@@ -7,6 +7,7 @@ inputs run on normkit's fused kernels, everything else on plain torch ops.
 
 from . import functional
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .batchnorm_act import BatchNormAct2d, batch_norm_act
 from .convert import convert
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "convert", "functional"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormAct2d", "batch_norm_act", "convert", "functional"]

@@ -1,0 +1,178 @@
+"""Batch normalization fused with an activation (and a residual add): ``act(BN(x) + z)``.
+
+:class:`BatchNormAct2d` has the constructor, parameters, buffers and state_dict
+of ``BatchNorm2d`` (it subclasses normkit's, so a BatchNorm2d checkpoint loads
+into it and back) plus ``act``; ``forward(x, residual=None)``. On CPU
+float32/float64 NCHW input whose channels fit in cache (see
+:mod:`normkit.kernels.act`) it is one pass forward and one backward, with no
+intermediate tensor; otherwise it composes normkit's batch norm, the add and
+torch's activation (the same mathematics, more passes).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from .. import kernels
+from ..kernels import act as act_kernels
+from ..kernels import norm as norm_kernels
+from . import _torch_impl
+from ._bridge import as_view, new_like_view
+from .batchnorm import BatchNorm2d
+from .functional import _update, batch_norm, check_input, uses_kernels
+
+__all__ = ["BatchNormAct2d", "batch_norm_act"]
+
+_TORCH_ACTS: dict = {
+    None: lambda t: t,
+    "identity": lambda t: t,
+    "relu": torch.relu,
+    "silu": torch.nn.functional.silu,
+    "gelu": torch.nn.functional.gelu,
+}
+
+
+def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if t is None else t.detach().numpy()
+
+
+def _fusable(x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
+    if not x.is_contiguous() or (residual is not None and (not residual.is_contiguous() or residual.shape != x.shape
+                                                           or residual.dtype != x.dtype or not residual.is_cpu)):
+        return False
+    N, C = x.shape[:2]
+    L = x.numel() // max(1, N * C)
+    _, fused, _ = norm_kernels._config(np.empty((N, C, L), dtype=np.float32 if x.dtype == torch.float32 else np.float64)[:0])
+    return fused if N * L > 0 else False
+
+
+class _KernelBatchNormAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, running_mean, running_var, batch_stats, eps, act, stats):
+        x3, view = as_view(x, 1)
+        z3 = None if residual is None else as_view(residual, 1)[0]
+        y, y3 = new_like_view(x.shape, view, x.dtype)
+        par = x3.size >= norm_kernels.PARALLEL_MIN
+        run = act_kernels.act_forward_par if par else act_kernels.act_forward_ser
+        dummy = np.empty(0)
+        mean, var, rstd = run(x3, z3, _np(weight), _np(bias), float(eps), y3, act, batch_stats,
+                              dummy if batch_stats else _np(running_mean), dummy if batch_stats else _np(running_var))
+        stats += (mean, var)
+        ctx.save_for_backward(x, residual, weight, bias, torch.from_numpy(mean), torch.from_numpy(rstd))
+        ctx.meta = (view, act, batch_stats, eps)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, residual, weight, bias, mean, rstd = ctx.saved_tensors
+        view, act, batch_stats, eps = ctx.meta
+        need_x, need_z, need_w, need_b = ctx.needs_input_grad[:4]
+        if torch.is_grad_enabled():
+            raise RuntimeError("BatchNormAct2d's fused backward is not differentiable (double backward); "
+                               "use BatchNorm2d followed by the activation for higher-order gradients")
+        x3 = as_view(x, 1, like=view)[0]
+        dy3 = as_view(dy, 1, like=view)[0]
+        empty = np.empty((0, 0, 0), x3.dtype)
+        z3 = empty if residual is None else as_view(residual, 1, like=view)[0]
+        dx = dz = None
+        dx3 = dz3 = empty
+        if need_x:
+            dx, dx3 = new_like_view(x.shape, view, x.dtype)
+        if need_z:
+            dz, dz3 = new_like_view(x.shape, view, x.dtype)
+        par = x3.size >= norm_kernels.PARALLEL_MIN
+        run = act_kernels.act_backward_par if par else act_kernels.act_backward_ser
+        dw, db = run(dy3, x3, z3, _np(weight), _np(bias), mean.numpy(), rstd.numpy(), act, batch_stats,
+                     dx3, dz3, need_x, need_z)
+        dw = torch.from_numpy(dw).to(weight.dtype) if need_w else None
+        db = torch.from_numpy(db).to(bias.dtype) if need_b else None
+        return dx, dz, dw, db, None, None, None, None, None, None
+
+
+def batch_norm_act(
+    input: torch.Tensor,
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    training: bool = False,
+    momentum: Optional[float] = 0.1,
+    eps: float = 1e-5,
+    act: Optional[str] = "relu",
+    residual: Optional[torch.Tensor] = None,
+    *,
+    num_batches_tracked: Optional[torch.Tensor] = None,
+    nonfinite: str = "propagate",
+    layer: str = "batch_norm_act",
+) -> torch.Tensor:
+    """``act(batch_norm(input, ...) + residual)``: :func:`normkit.nn.functional.batch_norm`'s
+    arguments and conventions, plus ``act`` (``"relu"``, ``"silu"``, ``"gelu"`` -- exact erf
+    form -- or None) and an optional ``residual`` of the input's shape."""
+    if act not in _TORCH_ACTS:
+        raise ValueError(f"{layer} expected act to be one of {sorted(k for k in _TORCH_ACTS if k)} or None, got {act!r}")
+    if residual is not None and residual.shape != input.shape:
+        raise ValueError(f"{layer} expected a residual of the input's shape {tuple(input.shape)}, "
+                         f"got {tuple(residual.shape)}")
+    fast = (uses_kernels(input, weight, bias) and input.numel() > 0 and _fusable(input, residual)
+            and (running_mean is None or running_mean.is_cpu))
+    if not fast:
+        y = batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                       num_batches_tracked=num_batches_tracked, nonfinite=nonfinite, layer=layer)
+        if residual is not None:
+            y = y + residual
+        return _TORCH_ACTS[act](y)
+    batch_stats = training or running_mean is None or running_var is None
+    check_input(layer, input, batch_stats, weight, bias, running_mean, running_var)
+    update = training and running_mean is not None and running_var is not None
+    count = None
+    if update and momentum is None:
+        if num_batches_tracked is None:
+            raise ValueError(f"{layer} with momentum=None (cumulative average) needs num_batches_tracked")
+        count = int(num_batches_tracked) + 1
+    stats: list = []
+    y = _KernelBatchNormAct.apply(input, residual, weight, bias, running_mean, running_var, batch_stats, eps,
+                                  act_kernels.ACTIVATIONS[act], stats)
+    if update:
+        _update(layer, nonfinite, input, stats[0], stats[1], running_mean, running_var, momentum, count,
+                num_batches_tracked)
+    return y
+
+
+class BatchNormAct2d(BatchNorm2d):
+    """``act(BatchNorm2d(x) + residual)`` in one pass forward and one backward.
+
+    Args: as :class:`normkit.nn.BatchNorm2d` (``num_features``, ``eps=1e-5``,
+    ``momentum=0.1``, ``affine=True``, ``track_running_stats=True``, ``device``,
+    ``dtype``, keyword ``nonfinite``) plus keyword ``act``: ``"relu"`` (default),
+    ``"silu"``, ``"gelu"`` (exact) or None. ``forward(x, residual=None)``; the
+    residual, if given, has ``x``'s shape and is added before the activation
+    (the ResNet block's ``relu(bn2(conv2(h)) + shortcut)``).
+
+    Shape: ``(N, C, H, W)`` in and out. State dict: exactly BatchNorm2d's. The
+    fused backward is first-order only (double backward raises).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
+                 act: Optional[str] = "relu", nonfinite: str = "propagate") -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, nonfinite=nonfinite)
+        if act not in _TORCH_ACTS:
+            raise ValueError(f"BatchNormAct2d expected act to be one of 'relu', 'silu', 'gelu' or None, got {act!r}")
+        self.act = act
+
+    def forward(self, input: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._check_input_dim(input)
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        return batch_norm_act(
+            input, self.running_mean if track else None, self.running_var if track else None,
+            self.weight, self.bias, batch_stats, self.momentum, self.eps, self.act, residual,
+            num_batches_tracked=self.num_batches_tracked if self.training and self.track_running_stats else None,
+            nonfinite=self.nonfinite, layer=self._layer_name,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, act={self.act!r}"
