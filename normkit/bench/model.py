@@ -75,6 +75,11 @@ which, batch = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(int(sys.argv[3]))
 from normkit.bench.model import small_resnet
 import normkit.nn as nkn
+bn = (nkn.BatchNorm2d if which == "normkit" else torch.nn.BatchNorm2d)(32)
+xb = torch.randn(batch, 32, 32, 32, requires_grad=True)
+tb = time.perf_counter()
+bn(xb).sum().backward()  # the first training step through BatchNorm2d: JIT load or compile
+first_bn = time.perf_counter() - tb
 model = small_resnet().train()
 if which == "normkit":
     model = nkn.convert(model)
@@ -102,7 +107,7 @@ base = rss()
 sampler = threading.Thread(target=sample); sampler.start()
 step()
 done.set(); sampler.join()
-print(json.dumps({"first_step_s": first, "import_to_step_s": import_to_step,
+print(json.dumps({"first_bn_step_s": first_bn, "first_step_s": first, "import_to_step_s": import_to_step,
                   "peak_step_bytes": max(0, peak[0] - base)}))
 """
 
