@@ -51,3 +51,32 @@ def test_entry_point_compiled_against_cached_kernels_loads(tmp_path):
     assert list(tmp_path.rglob("*.nbi")), "the first process wrote no cache index"
     first = run(env)  # torch parameters (float32): new entry points, cached kernels
     assert run(env) == first  # everything loaded from the cache
+
+
+READ_ONLY_SCRIPT = r"""
+from numba.core import caching
+
+def refuse(self):  # what numba meets when the package directory is read-only
+    raise PermissionError("read-only package directory")
+
+caching.InTreeCacheLocator.ensure_cache_path = refuse
+import numpy as np
+from normkit.numpy import batch_norm
+x = np.random.default_rng(0).normal(size=(3, 4, 25)).astype(np.float32)
+batch_norm(x)
+print("[]")
+"""
+
+
+def test_cache_works_when_the_package_directory_is_read_only(tmp_path):
+    """Numba then caches in the per-user directory; a second process loads from there."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path), HOME=str(tmp_path), NUMBA_DEBUG_CACHE="1")
+    first = subprocess.run([sys.executable, "-c", READ_ONLY_SCRIPT], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert list(tmp_path.rglob("*.nbi")), "nothing was cached in the per-user directory"
+    second = subprocess.run([sys.executable, "-c", READ_ONLY_SCRIPT], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"data loaded from '{tmp_path}" in second.stdout + second.stderr
