@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean clean-cache
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +22,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-clean:
+bench: $(STAMP)
+	$(PY) -m normkit bench --out bench-out
+
+# Numba's cache does not notice when a kernel that another file calls changes:
+# after editing normkit/kernels, drop the compiled code.
+clean-cache:
+	find normkit -name __pycache__ -prune -exec rm -rf {} +
+
+clean: clean-cache
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
