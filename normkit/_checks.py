@@ -121,3 +121,76 @@ def check_nonfinite_policy(layer: str, policy: str) -> str:
             f"{layer} expected nonfinite to be one of {NONFINITE_POLICIES}, got {policy!r}"
         )
     return policy
+
+
+# --------------------------------------------------------------------------- the family: LayerNorm,
+# GroupNorm, InstanceNorm, RMSNorm
+
+__all__ += [
+    "check_groups",
+    "check_min_ndim",
+    "check_ndim_layouts",
+    "check_normalized_shape",
+    "check_spatial_size",
+]
+
+
+def check_ndim_layouts(layer: str, shape: Sequence[int], layouts: "dict[int, str]") -> None:
+    """``len(shape)`` must be a key of ``layouts`` (ndim -> layout text, e.g. ``{2: "(C, L)"}``)."""
+    if len(shape) not in layouts:
+        want = " or ".join(f"{d}D {text}" for d, text in layouts.items())
+        raise ValueError(f"{layer} expected {want} input, got {len(shape)}D input of shape {tuple(shape)}")
+
+
+def check_min_ndim(layer: str, shape: Sequence[int], min_ndim: int, layout: str) -> None:
+    """At least ``min_ndim`` dims, laid out as ``layout`` (e.g. ``"(N, C, *)"``)."""
+    if len(shape) < min_ndim:
+        raise ValueError(
+            f"{layer} expected an input {layout} with at least {min_ndim} dims, "
+            f"got {len(shape)}D input of shape {tuple(shape)}"
+        )
+
+
+def check_groups(layer: str, num_groups: int, num_channels: int) -> None:
+    """``num_groups`` must be a positive divisor of ``num_channels``; the error quotes both."""
+    import numbers
+
+    for name, value in (("num_groups", num_groups), ("num_channels", num_channels)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{layer} expected {name} to be a positive integer, got {value!r}")
+    num_groups, num_channels = int(num_groups), int(num_channels)
+    if num_channels % num_groups != 0:
+        divisors = [d for d in range(1, num_channels + 1) if num_channels % d == 0]
+        shown = ", ".join(map(str, divisors[:12])) + (", ..." if len(divisors) > 12 else "")
+        raise ValueError(
+            f"{layer} expected num_channels ({num_channels}) to be divisible by num_groups ({num_groups}); "
+            f"num_groups must divide the channel count: {shown}"
+        )
+
+
+def check_normalized_shape(layer: str, shape: Sequence[int], normalized_shape: Sequence[int]) -> None:
+    """``normalized_shape`` is non-empty and equals the input's trailing sizes."""
+    norm_shape = tuple(normalized_shape)
+    k = len(norm_shape)
+    if k == 0:
+        raise ValueError(f"{layer} expected normalized_shape with at least one dimension, got ()")
+    if len(shape) < k or tuple(shape[len(shape) - k:]) != norm_shape:
+        raise ValueError(
+            f"{layer} expected an input whose last {k} dim{'s' if k > 1 else ''} "
+            f"{'are' if k > 1 else 'is'} normalized_shape {norm_shape}, i.e. of shape (*, "
+            f"{', '.join(map(str, norm_shape))}), got input of shape {tuple(shape)}; "
+            f"was the layer built for another width?"
+        )
+
+
+def check_spatial_size(layer: str, shape: Sequence[int]) -> None:
+    """Instance statistics need more than one spatial value per (sample, channel).
+
+    ``shape`` is ``(N, C, *)``; an empty spatial extent passes (an empty output).
+    """
+    if math.prod(shape[2:]) == 1:
+        raise ValueError(
+            f"{layer} expected more than 1 spatial element per instance when using instance statistics "
+            f"(training, or track_running_stats=False), got input shape {tuple(shape)}; "
+            f"the variance of one value is undefined"
+        )

@@ -75,3 +75,16 @@ def test_errors():
         m(torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 2))
     with pytest.raises(ValueError, match="expected input with 4 channels"):
         m(torch.randn(2, 5, 3, 3))
+
+
+@pytest.mark.parametrize("cls", ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"])
+def test_bias_false_keyword_as_torch(cls):
+    mine = getattr(nkn, cls)(3, bias=False)
+    ref = getattr(torch.nn, cls)(3, bias=False)
+    assert mine.bias is None and ref.bias is None
+    assert list(mine.state_dict()) == list(ref.state_dict())
+    x = torch.randn(4, 3, *([5] * (int(cls[-2]) if cls != "BatchNorm1d" else 1)))
+    with torch.no_grad():
+        mine.weight.uniform_(0.5, 1.5)
+    ref.load_state_dict(mine.state_dict())
+    torch.testing.assert_close(mine(x), ref(x))

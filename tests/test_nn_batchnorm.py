@@ -1013,3 +1013,11 @@ def test_nonfinite_policy_in_repr_and_functional():
     with pytest.raises(NonFiniteBatchError):
         nkF.batch_norm(x, rm, rv, training=True, num_batches_tracked=nbt, nonfinite="raise")
     assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3)) and int(nbt) == 2
+
+
+def test_convert_keeps_a_shared_layer_shared_and_finds_every_slot():
+    shared = nn.BatchNorm2d(3)
+    model = nn.Sequential(shared, nn.ReLU(), shared)  # one layer registered twice
+    out = nkn.convert(model)
+    assert type(out[0]) is nkn.BatchNorm2d and out[0] is out[2]
+    assert out[0].weight is shared.weight

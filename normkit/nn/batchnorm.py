@@ -36,9 +36,13 @@ class _BatchNormMixin:
         device: Any = None,
         dtype: Any = None,
         *,
+        bias: bool = True,
         nonfinite: str = "propagate",
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        # torch >= 2.13 takes bias= (a learned weight without a bias); pass it only when
+        # it differs from the default, so older torch versions keep working
+        extra = {} if bias else {"bias": False}
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, **extra)
         self.nonfinite = _checks.check_nonfinite_policy(type(self).__name__, nonfinite)
 
     @property
@@ -87,8 +91,8 @@ _DOC = """{cls}: batch normalization over dim 1 of a {shape} input, on normkit's
 
     Args: as ``torch.nn.{cls}`` -- ``num_features`` (C), ``eps=1e-5``,
     ``momentum=0.1`` (weight of the new batch, or None), ``affine=True``,
-    ``track_running_stats=True``, ``device``, ``dtype`` -- plus the keyword
-    ``nonfinite``: ``"propagate"`` (default, as torch), ``"skip"`` (a batch with
+    ``track_running_stats=True``, ``device``, ``dtype``, keyword ``bias=True``
+    (torch >= 2.13) -- plus the keyword ``nonfinite``: ``"propagate"`` (default, as torch), ``"skip"`` (a batch with
     NaN/Inf leaves the running statistics and counter unchanged, with a
     warning) or ``"raise"``.
 

@@ -157,8 +157,9 @@ class BatchNormAct2d(BatchNorm2d):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
-                 act: Optional[str] = "relu", nonfinite: str = "propagate") -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, nonfinite=nonfinite)
+                 act: Optional[str] = "relu", bias: bool = True, nonfinite: str = "propagate") -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
+                         nonfinite=nonfinite)
         if act not in _TORCH_ACTS:
             raise ValueError(f"BatchNormAct2d expected act to be one of 'relu', 'silu', 'gelu' or None, got {act!r}")
         self.act = act

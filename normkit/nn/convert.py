@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Any, Dict, Type
 
 from torch import nn
 
 from . import batchnorm as nk
+from .groupnorm import GroupNorm
+from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from .layernorm import LayerNorm, RMSNorm
 
-__all__ = ["convert", "PAIRS"]
+__all__ = ["convert", "EXTRA_ATTRIBUTES", "PAIRS"]
 
 #: (torch class, normkit class): every layer ``convert`` knows, both directions.
 PAIRS = [
     (nn.BatchNorm1d, nk.BatchNorm1d),
     (nn.BatchNorm2d, nk.BatchNorm2d),
     (nn.BatchNorm3d, nk.BatchNorm3d),
+    (nn.LayerNorm, LayerNorm),
+    (nn.GroupNorm, GroupNorm),
+    (nn.InstanceNorm1d, InstanceNorm1d),
+    (nn.InstanceNorm2d, InstanceNorm2d),
+    (nn.InstanceNorm3d, InstanceNorm3d),
+    (nn.RMSNorm, RMSNorm),
 ]
+
+#: Attributes a normkit class adds to its torch base (base class -> {name: value a
+#: converted torch layer gets}). Converting to a class without them drops them.
+EXTRA_ATTRIBUTES: Dict[type, Dict[str, Any]] = {
+    nk._BatchNormMixin: {"nonfinite": "propagate"},
+}
 
 
 def _swap(module: nn.Module, target: Type[nn.Module]) -> nn.Module:
@@ -30,10 +45,16 @@ def _swap(module: nn.Module, target: Type[nn.Module]) -> nn.Module:
     new.__dict__.update(module.__dict__)
     for name in ("_parameters", "_buffers", "_modules"):
         new.__dict__[name] = dict(module.__dict__[name])
-    if issubclass(target, nk._BatchNormMixin):
-        new.__dict__.setdefault("nonfinite", "propagate")
-    else:
-        new.__dict__.pop("nonfinite", None)
+    wanted: Dict[str, Any] = {}
+    for owner, attributes in EXTRA_ATTRIBUTES.items():
+        if issubclass(target, owner):
+            wanted.update(attributes)
+    for owner, attributes in EXTRA_ATTRIBUTES.items():
+        for name in attributes:
+            if name not in wanted:
+                new.__dict__.pop(name, None)
+    for name, value in wanted.items():
+        new.__dict__.setdefault(name, value)
     return new
 
 
@@ -52,12 +73,18 @@ def convert(model: nn.Module, to: str = "normkit") -> nn.Module:
     else:
         raise ValueError(f"convert expected to='normkit' or to='torch', got {to!r}")
 
+    done: Dict[int, nn.Module] = {}  # a layer registered at several places stays one layer
+
     def visit(m: nn.Module) -> nn.Module:
-        for name, child in m.named_children():
-            new_child = visit(child)
-            if new_child is not child:
-                setattr(m, name, new_child)
+        if id(m) in done:
+            return done[id(m)]
+        for name, child in list(m._modules.items()):  # every slot, even a module registered twice
+            if child is not None:
+                new_child = visit(child)
+                if new_child is not child:
+                    m._modules[name] = new_child
         target = mapping.get(type(m))
-        return m if target is None else _swap(m, target)
+        done[id(m)] = m if target is None else _swap(m, target)
+        return done[id(m)]
 
     return visit(model)
