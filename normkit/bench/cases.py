@@ -16,6 +16,12 @@ TRAFFIC = {"train_fwd": 3, "eval_fwd": 2, "bwd": 5, "fwd_bwd": 8}
 RESNET50 = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (32, 1024, 14, 14), (32, 2048, 7, 7)]
 CACHE_SIZED = [(32, 256, 28, 28), (8, 64, 56, 56)]
 SMALL = [(8, 16, 8, 8)]
+#: The family (issue 4): transformer rows for LayerNorm/RMSNorm, ResNet maps for GroupNorm/InstanceNorm.
+FAMILY = [
+    ("LayerNorm", (8 * 512, 768)), ("LayerNorm", (4 * 2048, 4096)), ("RMSNorm", (8 * 512, 768)),
+    ("RMSNorm", (4 * 2048, 4096)), ("GroupNorm", (32, 256, 28, 28)), ("GroupNorm", (32, 64, 112, 112)),
+    ("InstanceNorm2d", (32, 256, 28, 28)), ("InstanceNorm2d", (32, 64, 112, 112)),
+]
 #: relu(BN(x) + z): normkit's BatchNormAct2d against torch's BN, add and ReLU.
 FUSED_ACT = [(32, 256, 28, 28), (32, 64, 112, 112)]
 BN1D = [(1024, 256), (8192, 512), (65536, 1024), (16384, 256)]
@@ -68,6 +74,9 @@ def default_cases(quick: bool = False) -> List[Case]:
     for shape in BN1D:
         for d in DIRECTIONS:
             cases.append(Case("BatchNorm1d", shape, "contiguous", d, group="bn1d"))
+    for layer, shape in FAMILY:
+        for d in ("train_fwd", "fwd_bwd"):
+            cases.append(Case(layer, shape, "contiguous", d, group="family"))
     for shape in FUSED_ACT:
         for d in ("train_fwd", "fwd_bwd"):
             cases.append(Case("BatchNormAct2d", shape, "contiguous", d, group="fused-act"))

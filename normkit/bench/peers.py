@@ -19,8 +19,16 @@ PEERS = ("normkit", "torch", "torch.compile", "numpy-ref")
 #: The NumPy reference is timed only below this many elements (it is float64 and unfused).
 REFERENCE_MAX_NUMEL = 1 << 21
 
-_TORCH = {"BatchNorm1d": nn.BatchNorm1d, "BatchNorm2d": nn.BatchNorm2d, "BatchNorm3d": nn.BatchNorm3d}
-_NORMKIT = {"BatchNorm1d": nkn.BatchNorm1d, "BatchNorm2d": nkn.BatchNorm2d, "BatchNorm3d": nkn.BatchNorm3d}
+#: layer name -> (torch class, normkit class, constructor arguments from the input shape)
+_LAYERS = {
+    "BatchNorm1d": (nn.BatchNorm1d, nkn.BatchNorm1d, lambda s: (s[1],)),
+    "BatchNorm2d": (nn.BatchNorm2d, nkn.BatchNorm2d, lambda s: (s[1],)),
+    "BatchNorm3d": (nn.BatchNorm3d, nkn.BatchNorm3d, lambda s: (s[1],)),
+    "LayerNorm": (nn.LayerNorm, nkn.LayerNorm, lambda s: (s[-1],)),
+    "RMSNorm": (nn.RMSNorm, nkn.RMSNorm, lambda s: (s[-1],)),
+    "GroupNorm": (nn.GroupNorm, nkn.GroupNorm, lambda s: (32, s[1])),
+    "InstanceNorm2d": (nn.InstanceNorm2d, nkn.InstanceNorm2d, lambda s: (s[1], 1e-5, 0.1, True)),
+}
 
 
 def make_input(case: Case, requires_grad: bool = False, seed: int = 0) -> torch.Tensor:
@@ -51,11 +59,12 @@ def _module(peer: str, case: Case) -> nn.Module:
             fused.load_state_dict(bn.state_dict())
             bn = fused
         return _WithResidual(bn, make_input(case, seed=2), fused=peer == "normkit")
-    cls = _NORMKIT[case.layer] if peer == "normkit" else _TORCH[case.layer]
-    m = cls(case.shape[1]).to(getattr(torch, case.dtype))
+    torch_cls, normkit_cls, args = _LAYERS[case.layer]
+    m = (normkit_cls if peer == "normkit" else torch_cls)(*args(case.shape)).to(getattr(torch, case.dtype))
     with torch.no_grad():
         m.weight.uniform_(0.5, 1.5)
-        m.bias.uniform_(-0.5, 0.5)
+        if getattr(m, "bias", None) is not None:
+            m.bias.uniform_(-0.5, 0.5)
     return m
 
 

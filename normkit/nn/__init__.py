@@ -16,11 +16,13 @@ from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .layernorm import LayerNorm, RMSNorm
 from .renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, batch_renorm, renorm_limits
 from .spectral import SpectralNorm, spectral_norm
+from .sync_batchnorm import SyncBatchNorm, SyncBatchNormError, convert_sync_batchnorm, revert_sync_batchnorm
 
 __all__ = [
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormAct2d", "BatchRenorm1d", "BatchRenorm2d",
     "BatchRenorm3d", "FrozenBatchNorm", "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d",
     "GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
-    "InstanceNorm3d", "LayerNorm", "RMSNorm", "SpectralNorm", "batch_norm_act", "batch_renorm", "convert", "freeze",
+    "InstanceNorm3d", "LayerNorm", "RMSNorm", "SpectralNorm", "SyncBatchNorm", "SyncBatchNormError",
+    "convert_sync_batchnorm", "revert_sync_batchnorm", "batch_norm_act", "batch_renorm", "convert", "freeze",
     "functional", "functional_family", "ghost_batch_norm", "renorm_limits", "spectral_norm", "unfreeze",
 ]
