@@ -31,3 +31,12 @@ def test_allocator_setting_is_accepted_and_reverts():
 
     assert alloc.keep_freed_memory(True) is True  # glibc accepted both settings
     assert alloc.keep_freed_memory(False) is True
+
+
+def test_bench_distributed_smoke(tmp_path, capsys):
+    assert main(["bench", "--distributed", "--quick", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench-distributed.json").read_text())
+    assert rows and all(r["sync_ms"] > 0 and r["naive_ms"] > 0 for r in rows)
+    # the claim under measurement: one collective per direction, none for the local layer
+    assert all(r["local_collectives"] == 0 and r["sync_collectives"] == 2 for r in rows)
+    assert "sync overhead ms" in capsys.readouterr().out

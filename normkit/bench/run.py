@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import pathlib
 import platform
 import sys
@@ -90,8 +91,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--budget", type=float, default=0.3, help="seconds of timed calls per peer and case")
     p.add_argument("--skip-model", action="store_true", help="leave out the whole-model measurements")
     p.add_argument("--skip-alloc", action="store_true", help="leave out the allocation study")
+    p.add_argument("--distributed", action="store_true",
+                   help="only the SyncBatchNorm study: 2 gloo ranks, sync vs local vs gathering the activations")
     args = p.parse_args(argv)
 
+    if args.distributed:
+        from .distributed import run_distributed, table
+
+        rows = run_distributed(quick=args.quick)
+        text = table(rows)
+        print("SyncBatchNorm, 2 gloo ranks on this machine, 1 thread each, training step (fwd+bwd), "
+              "slower rank's median:\n" + text)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "bench-distributed.md").write_text(text + "\n")
+            (args.out / "bench-distributed.json").write_text(json.dumps(rows, indent=2))
+        return 0
     threads = args.threads or _cores()
     torch.set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
