@@ -30,7 +30,8 @@ helper = njit(**_OPTIONS)
 
 
 def twin(fn: Callable, par_globals: Optional[Dict[str, Any]] = None,
-         ser_globals: Optional[Dict[str, Any]] = None, loops: bool = True) -> Tuple[Callable, Callable]:
+         ser_globals: Optional[Dict[str, Any]] = None, loops: bool = True,
+         suffix: str = "") -> Tuple[Callable, Callable]:
     """``(parallel, serial)`` compilations of ``fn``.
 
     The serial one is compiled from a copy of the function under another
@@ -40,12 +41,14 @@ def twin(fn: Callable, par_globals: Optional[Dict[str, Any]] = None,
     can call the parallel kernels in one compilation and the serial ones in the
     other (each compiled only when first called). ``loops=False`` is for
     orchestrators without ``prange`` loops of their own: both flavours are then
-    compiled serially, differing only in what they call.
+    compiled serially, differing only in what they call. ``suffix`` names
+    further specialisations of one source (e.g. one per activation bound as a
+    compile-time constant) apart in the cache.
     """
     par_fn = fn
-    if par_globals:
-        par_fn = _clone(fn, fn.__name__, par_globals)
-    ser_fn = _clone(fn, fn.__name__ + "_serial", ser_globals or {})
+    if par_globals or suffix:
+        par_fn = _clone(fn, fn.__name__ + suffix, par_globals or {})
+    ser_fn = _clone(fn, fn.__name__ + suffix + "_serial", ser_globals or {})
     return njit(parallel=loops, **_OPTIONS)(par_fn), njit(parallel=False, **_OPTIONS)(ser_fn)
 
 

@@ -25,7 +25,7 @@ from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
 from .reduce import channel_shift, finish_moments, run_moments
 
-__all__ = ["ACTIVATIONS", "act_forward_par", "act_forward_ser", "act_backward_par", "act_backward_ser"]
+__all__ = ["ACTIVATIONS", "act_backward", "act_forward"]
 
 ACTIVATIONS = {None: 0, "identity": 0, "relu": 1, "silu": 2, "gelu": 3}
 
@@ -68,7 +68,11 @@ def _forward_run_noz(xr, o, m, a, s, act):
         o[i] = act_value((xr[i] - m) * a + s, act)
 
 
-def _act_forward(x, z, w, b, eps, out, act, batch_stats, mean_in, var_in):
+# In the kernels below ``_ACT`` is a global bound per compilation (one per
+# activation), so the activation's branches fold away and the loops vectorise.
+
+
+def _act_forward(x, z, w, b, eps, out, batch_stats, mean_in, var_in):
     P, C, L = x.shape
     n = P * L
     mean = np.empty(C)
@@ -96,41 +100,53 @@ def _act_forward(x, z, w, b, eps, out, act, batch_stats, mean_in, var_in):
         m, a, s = co[0], co[1], co[2]
         if z is None:
             for p in range(P):
-                _forward_run_noz(x[p, c], out[p, c], m, a, s, act)
+                _forward_run_noz(x[p, c], out[p, c], m, a, s, _ACT)  # noqa: F821
         else:
             for p in range(P):
-                _forward_run(x[p, c], z[p, c], out[p, c], m, a, s, act)
+                _forward_run(x[p, c], z[p, c], out[p, c], m, a, s, _ACT)  # noqa: F821
     return mean, var, rstd
 
 
 @helper
-def _grad_sums_run(gr, xr, zr, m, a, s, mu, act, has_z):
+def _grad_sums_run(gr, xr, zr, m, a, s, mu, act):
     s1 = 0.0
     s2 = 0.0
     for i in range(xr.shape[0]):
-        pre = (xr[i] - m) * a + s
-        if has_z:
-            pre += zr[i]
-        g = gr[i] * act_slope(pre, act)
+        g = gr[i] * act_slope((xr[i] - m) * a + s + zr[i], act)
         s1 += g
         s2 += g * (xr[i] - mu)
     return s1, s2
 
 
 @helper
-def _grad_run(gr, xr, zr, dxr, dzr, m, a, s, ga, gq, gm, gk, act, has_z, need_dx, need_dz):
+def _grad_sums_run_noz(gr, xr, m, a, s, mu, act):
+    s1 = 0.0
+    s2 = 0.0
     for i in range(xr.shape[0]):
-        pre = (xr[i] - m) * a + s
-        if has_z:
-            pre += zr[i]
-        g = gr[i] * act_slope(pre, act)
-        if need_dx:
-            dxr[i] = g * ga + (xr[i] - gm) * gq + gk
-        if need_dz:
-            dzr[i] = g
+        g = gr[i] * act_slope((xr[i] - m) * a + s, act)
+        s1 += g
+        s2 += g * (xr[i] - mu)
+    return s1, s2
 
 
-def _act_backward(dy, x, z, w, b, mean, rstd, act, batch_stats, dx, dz, need_dx, need_dz):
+@helper
+def _grad_run(gr, xr, zr, dxr, dzr, m, a, s, ga, gq, gm, gk, act):
+    for i in range(xr.shape[0]):
+        g = gr[i] * act_slope((xr[i] - m) * a + s + zr[i], act)
+        dxr[i] = g * ga + (xr[i] - gm) * gq + gk
+        dzr[i] = g
+
+
+@helper
+def _grad_run_noz(gr, xr, dxr, m, a, s, ga, gq, gm, gk, act):
+    for i in range(xr.shape[0]):
+        g = gr[i] * act_slope((xr[i] - m) * a + s, act)
+        dxr[i] = g * ga + (xr[i] - gm) * gq + gk
+
+
+def _act_backward(dy, x, z, w, b, mean, rstd, batch_stats, dx, dz):
+    """``z``/``dz`` empty (0, 0, 0) arrays when there is no residual; ``dx``/``dz``
+    always written (the front end passes scratch arrays for unwanted ones)."""
     P, C, L = x.shape
     n = P * L
     has_z = z.shape[0] > 0
@@ -140,29 +156,40 @@ def _act_backward(dy, x, z, w, b, mean, rstd, act, batch_stats, dx, dz, need_dx,
         co = np.empty(3, x.dtype)
         forward_coefs(mean[c], rstd[c], w, b, c, co)
         m, a, s = co[0], co[1], co[2]
+        mu = mean[c]
         s1 = 0.0
         s2 = 0.0
-        for p in range(P):
-            zr = z[p, c] if has_z else x[p, c]
-            a1, a2 = _grad_sums_run(dy[p, c], x[p, c], zr, m, a, s, mean[c], act, has_z)
-            s1 += a1
-            s2 += a2
+        if has_z:
+            for p in range(P):
+                a1, a2 = _grad_sums_run(dy[p, c], x[p, c], z[p, c], m, a, s, mu, _ACT)  # noqa: F821
+                s1 += a1
+                s2 += a2
+        else:
+            for p in range(P):
+                a1, a2 = _grad_sums_run_noz(dy[p, c], x[p, c], m, a, s, mu, _ACT)  # noqa: F821
+                s1 += a1
+                s2 += a2
         dw[c] = s2 * rstd[c]
         db[c] = s1
         bc = np.empty(4, x.dtype)
-        backward_coefs(mean[c], rstd[c], w, c, s1, s2, n, batch_stats, bc)
-        for p in range(P):
-            zr = z[p, c] if has_z else x[p, c]
-            dxr = dx[p, c] if need_dx else x[p, c]
-            dzr = dz[p, c] if need_dz else x[p, c]
-            _grad_run(dy[p, c], x[p, c], zr, dxr, dzr, m, a, s, bc[0], bc[1], bc[2], bc[3], act, has_z,
-                      need_dx, need_dz)
+        backward_coefs(mu, rstd[c], w, c, s1, s2, n, batch_stats, bc)
+        ga, gq, gm, gk = bc[0], bc[1], bc[2], bc[3]
+        if has_z:
+            for p in range(P):
+                _grad_run(dy[p, c], x[p, c], z[p, c], dx[p, c], dz[p, c], m, a, s, ga, gq, gm, gk, _ACT)  # noqa: F821
+        else:
+            for p in range(P):
+                _grad_run_noz(dy[p, c], x[p, c], dx[p, c], m, a, s, ga, gq, gm, gk, _ACT)  # noqa: F821
     return dw, db
 
 
-#: ``act_forward(x, z, w, b, eps, out, act, batch_stats, mean_in, var_in) -> (mean, var, rstd)``:
+def _per_activation(fn):
+    """``{act code: (parallel, serial)}`` with ``_ACT`` bound as a compile-time constant."""
+    return {code: twin(fn, {"_ACT": code}, {"_ACT": code}, suffix=f"_act{code}") for code in range(4)}
+
+
+#: ``act_forward[code](x, z, w, b, eps, out, batch_stats, mean_in, var_in) -> (mean, var, rstd)``:
 #: ``z`` a residual view or None; ``mean_in``/``var_in`` used when ``batch_stats`` is False.
-act_forward_par, act_forward_ser = twin(_act_forward)
-#: ``act_backward(dy, x, z, w, b, mean, rstd, act, batch_stats, dx, dz, need_dx, need_dz) -> (dw, db)``:
-#: ``z``, ``dx``, ``dz`` are (0, 0, 0) placeholders when absent / not needed (never written).
-act_backward_par, act_backward_ser = twin(_act_backward)
+act_forward = _per_activation(_act_forward)
+#: ``act_backward[code](dy, x, z, w, b, mean, rstd, batch_stats, dx, dz) -> (dw, db)``.
+act_backward = _per_activation(_act_backward)

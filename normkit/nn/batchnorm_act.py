@@ -56,9 +56,9 @@ class _KernelBatchNormAct(torch.autograd.Function):
         z3 = None if residual is None else as_view(residual, 1)[0]
         y, y3 = new_like_view(x.shape, view, x.dtype)
         par = x3.size >= norm_kernels.PARALLEL_MIN
-        run = act_kernels.act_forward_par if par else act_kernels.act_forward_ser
+        run = act_kernels.act_forward[act][0 if par else 1]
         dummy = np.empty(0)
-        mean, var, rstd = run(x3, z3, _np(weight), _np(bias), float(eps), y3, act, batch_stats,
+        mean, var, rstd = run(x3, z3, _np(weight), _np(bias), float(eps), y3, batch_stats,
                               dummy if batch_stats else _np(running_mean), dummy if batch_stats else _np(running_var))
         stats += (mean, var)
         ctx.save_for_backward(x, residual, weight, bias, torch.from_numpy(mean), torch.from_numpy(rstd))
@@ -77,19 +77,15 @@ class _KernelBatchNormAct(torch.autograd.Function):
         dy3 = as_view(dy, 1, like=view)[0]
         empty = np.empty((0, 0, 0), x3.dtype)
         z3 = empty if residual is None else as_view(residual, 1, like=view)[0]
-        dx = dz = None
-        dx3 = dz3 = empty
-        if need_x:
-            dx, dx3 = new_like_view(x.shape, view, x.dtype)
-        if need_z:
-            dz, dz3 = new_like_view(x.shape, view, x.dtype)
+        # the kernel writes dx (and dz with a residual); unwanted ones go to scratch
+        dx, dx3 = new_like_view(x.shape, view, x.dtype)
+        dz, dz3 = (None, empty) if residual is None else new_like_view(x.shape, view, x.dtype)
         par = x3.size >= norm_kernels.PARALLEL_MIN
-        run = act_kernels.act_backward_par if par else act_kernels.act_backward_ser
-        dw, db = run(dy3, x3, z3, _np(weight), _np(bias), mean.numpy(), rstd.numpy(), act, batch_stats,
-                     dx3, dz3, need_x, need_z)
+        run = act_kernels.act_backward[act][0 if par else 1]
+        dw, db = run(dy3, x3, z3, _np(weight), _np(bias), mean.numpy(), rstd.numpy(), batch_stats, dx3, dz3)
         dw = torch.from_numpy(dw).to(weight.dtype) if need_w else None
         db = torch.from_numpy(db).to(bias.dtype) if need_b else None
-        return dx, dz, dw, db, None, None, None, None, None, None
+        return (dx if need_x else None), (dz if need_z else None), dw, db, None, None, None, None, None, None
 
 
 def batch_norm_act(
