@@ -21,7 +21,10 @@ from .coefs import backward_coefs, forward_coefs
 from .elementwise import affine2_run, affine_run
 from .reduce import channel_shift, finish_moments, run_moments, run_sums
 
-__all__ = ["channel_forward_par", "channel_forward_ser", "channel_backward_par", "channel_backward_ser"]
+__all__ = [
+    "channel_backward_par", "channel_backward_ser", "channel_forward_par", "channel_forward_ser",
+    "group_backward_par", "group_backward_ser", "group_forward_par", "group_forward_ser",
+]
 
 
 def _channel_forward(x, w, b, eps, out):
@@ -83,3 +86,81 @@ def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx):
 channel_forward_par, channel_forward_ser = twin(_channel_forward)
 #: ``channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx) -> (dweight, dbias)``.
 channel_backward_par, channel_backward_ser = twin(_channel_backward)
+
+
+def _group_forward(x, G, w, b, eps, out):
+    """GroupNorm on contiguous ``(N, C, L)``: one task per (sample, group) -- the
+    group's ``Cg*L`` contiguous values are reduced, then each of its channels is
+    applied with its own affine while the group is in cache."""
+    N, C, L = x.shape
+    Cg = C // G
+    n_vals = Cg * L
+    mean = np.empty(N * G)
+    var = np.empty(N * G)
+    rstd = np.empty(N * G)
+    for t in prange(N * G):
+        n = t // G
+        g = t % G
+        c0 = g * Cg
+        k = np.float64(x[n, c0, 0])
+        if not np.isfinite(k):
+            k = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(Cg):
+            a1, a2 = run_moments(x[n, c0 + j], k)
+            s1 += a1
+            s2 += a2
+        mu, v = finish_moments(s1, s2, k, n_vals)
+        r = 1.0 / np.sqrt(v + eps)
+        mean[t] = mu
+        var[t] = v
+        rstd[t] = r
+        co = np.empty(3, x.dtype)
+        for j in range(Cg):
+            forward_coefs(mu, r, w, b, c0 + j, co)
+            affine_run(x[n, c0 + j], out[n, c0 + j], co[0], co[1], co[2])
+    return mean, var, rstd
+
+
+def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2):
+    """GroupNorm backward on contiguous ``(N, C, L)``: per (sample, group) the
+    per-channel ``s1 = sum(dy)``, ``s2 = sum(dy * (x - mu))`` (written to ``s1``/``s2``,
+    shape ``(N, C)``, for the parameter gradients), the group's weighted sums, then
+    ``dx = rstd*w_c*dy - rstd^3*S2/M * (x - mu) - rstd*S1/M`` channel by channel."""
+    N, C, L = x.shape
+    Cg = C // G
+    M = Cg * L
+    for t in prange(N * G):
+        n = t // G
+        g = t % G
+        c0 = g * Cg
+        mu = mean[t]
+        r = rstd[t]
+        S1 = 0.0
+        S2 = 0.0
+        for j in range(Cg):
+            c = c0 + j
+            a1, a2 = run_sums(dy[n, c], x[n, c], 0.0, mu)
+            s1[n, c] = a1
+            s2[n, c] = a2
+            wc = 1.0 if w is None else np.float64(w[c])
+            S1 += wc * a1
+            S2 += wc * a2
+        q = -r * r * r * S2 / M
+        co = np.empty(3, x.dtype)  # (a, q, m) rounded to x's dtype
+        co[1] = q
+        co[2] = mu
+        k = -r * S1 / M + q * (np.float64(co[2]) - mu)
+        kt = np.empty(1, x.dtype)
+        kt[0] = k
+        for j in range(Cg):
+            c = c0 + j
+            co[0] = r if w is None else r * w[c]
+            affine2_run(dy[n, c], x[n, c], dx[n, c], co[0], co[1], co[2], kt[0])
+
+
+#: ``group_forward(x, G, w, b, eps, out) -> (mean, var, rstd)`` of shape ``(N*G,)``.
+group_forward_par, group_forward_ser = twin(_group_forward)
+#: ``group_backward(dy, x, G, mean, rstd, w, dx, s1, s2)``: fills ``dx`` and the ``(N, C)`` sums.
+group_backward_par, group_backward_ser = twin(_group_backward)

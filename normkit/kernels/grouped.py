@@ -2,7 +2,8 @@
 
 Both normalize each sample on its own, over groups of channels (``G = C`` for
 InstanceNorm) and every spatial position, with a per-channel affine. No new
-compiled code: the inputs are presented to the core's entry points as
+compiled code of its own but GroupNorm's per-(sample, group) fused passes in
+:mod:`.fused`; otherwise the inputs are presented to the core's entry points as
 ``(P, C, L)`` views in which a "channel" is a (sample, channel) or a
 (sample, group) pair.
 
@@ -39,7 +40,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from . import norm
+import numba
+
+from . import fused, norm
 
 __all__ = ["group_backward", "group_forward", "instance_backward", "instance_forward"]
 
@@ -163,6 +166,17 @@ def _apply_coefficients(mean, rstd, weight, bias, Cg, dtype):
     return m, a, s
 
 
+def _vec(v: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    return None if v is None else np.ascontiguousarray(v).reshape(-1)
+
+
+def _fused_groups(x: np.ndarray, N: int, G: int, Cg: int, L: int, channels_last: bool) -> bool:
+    """The per-(sample, group) fused kernels of :mod:`.fused`: contiguous input, runs
+    long enough to vectorise, a group within the cache budget, tasks for every thread."""
+    return (not channels_last and L >= 16 and Cg * L * x.itemsize <= norm.FUSE_MAX_CHANNEL_BYTES
+            and N * G >= 2 * numba.get_num_threads())
+
+
 def group_forward(
     x: np.ndarray,
     groups: int,
@@ -176,6 +190,10 @@ def group_forward(
     N, C, L = _sizes(x, channels_last)
     G = groups
     Cg = C // G
+    if _fused_groups(x, N, G, Cg, L, channels_last):
+        run = fused.group_forward_par if x.size >= norm.PARALLEL_MIN else fused.group_forward_ser
+        mean, var, rstd = run(x, G, _vec(weight), _vec(bias), float(eps), out)
+        return mean.reshape(N, G), var.reshape(N, G), rstd.reshape(N, G)
     if not channels_last:
         mean, var = norm.moments(x.reshape(1, N * G, Cg * L))
         mean, var = mean.reshape(N, G), var.reshape(N, G)
@@ -219,6 +237,12 @@ def group_backward(
     dtype = x.dtype
     mean = np.asarray(mean, dtype=np.float64).reshape(N, G)
     rstd = np.asarray(rstd, dtype=np.float64).reshape(N, G)
+    if dx is not None and _fused_groups(x, N, G, Cg, L, channels_last):
+        run = fused.group_backward_par if x.size >= norm.PARALLEL_MIN else fused.group_backward_ser
+        s1 = np.empty((N, C))
+        s2 = np.empty((N, C))
+        run(dy, x, G, mean.reshape(-1), rstd.reshape(-1), _vec(weight), dx, s1, s2)
+        return (s2 * np.repeat(rstd, Cg, axis=1)).sum(axis=0), s1.sum(axis=0)
     mean_c = np.repeat(mean, Cg, axis=1)
     rstd_c = np.repeat(rstd, Cg, axis=1)
     if not channels_last:
