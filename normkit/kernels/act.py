@@ -23,7 +23,7 @@ from numba import prange
 
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
-from .reduce import channel_shift, finish_moments, run_moments
+from .reduce import channel_moments
 
 __all__ = ["ACTIVATIONS", "act_backward", "act_forward"]
 
@@ -80,14 +80,7 @@ def _act_forward(x, z, w, b, eps, out, batch_stats, mean_in, var_in):
     rstd = np.empty(C)
     for c in prange(C):
         if batch_stats:
-            k = channel_shift(x, c)
-            s1 = 0.0
-            s2 = 0.0
-            for p in range(P):
-                a1, a2 = run_moments(x[p, c], k)
-                s1 += a1
-                s2 += a2
-            mu, v = finish_moments(s1, s2, k, n)
+            mu, v = channel_moments(x, c)
         else:
             mu = np.float64(mean_in[c])
             v = np.float64(var_in[c])

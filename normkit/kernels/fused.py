@@ -19,7 +19,7 @@ from numba import prange
 from ._jit import twin
 from .coefs import backward_coefs, forward_coefs
 from .elementwise import affine2_run, affine_run
-from .reduce import channel_shift, finish_moments, run_moments, run_sums
+from .reduce import channel_moments, finish_moments, run_moments, run_sums
 
 __all__ = [
     "channel_backward_par", "channel_backward_ser", "channel_forward_par", "channel_forward_ser",
@@ -34,14 +34,7 @@ def _channel_forward(x, w, b, eps, out):
     var = np.empty(C)
     rstd = np.empty(C)
     for c in prange(C):
-        k = channel_shift(x, c)
-        s1 = 0.0
-        s2 = 0.0
-        for p in range(P):
-            a1, a2 = run_moments(x[p, c], k)
-            s1 += a1
-            s2 += a2
-        mu, v = finish_moments(s1, s2, k, n)
+        mu, v = channel_moments(x, c)
         r = 1.0 / np.sqrt(v + eps)
         mean[c] = mu
         var[c] = v

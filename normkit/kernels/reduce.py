@@ -39,7 +39,8 @@ from numba import prange
 from ._jit import helper, twin
 
 __all__ = [
-    "ROW_MIN", "CHUNK", "COL_BLOCK", "COL_TASK_ELEMS", "COL_TASKS_MAX", "channel_shift", "finish_moments",
+    "ROW_MIN", "CHUNK", "COL_BLOCK", "COL_TASK_ELEMS", "COL_TASKS_MAX", "channel_moments", "channel_shift",
+    "finish_moments",
     "run_moments", "run_sums", "sums_par", "sums_ser", "task_bounds",
 ]
 
@@ -106,6 +107,19 @@ def channel_shift(x, c):
     (an infinite shift would make sum(x - K) NaN; 0 keeps +-Inf in the mean, as torch)."""
     k = np.float64(x[0, c, 0])
     return k if np.isfinite(k) else 0.0
+
+
+@helper
+def channel_moments(x, c):
+    """(mean, biased variance) of channel ``c`` of a (P, C, L) view, over its P runs, float64."""
+    k = channel_shift(x, c)
+    s1 = 0.0
+    s2 = 0.0
+    for p in range(x.shape[0]):
+        a1, a2 = run_moments(x[p, c], k)
+        s1 += a1
+        s2 += a2
+    return finish_moments(s1, s2, k, x.shape[0] * x.shape[2])
 
 
 @helper

@@ -22,7 +22,7 @@ from ..kernels import norm as norm_kernels
 from . import _torch_impl
 from ._bridge import as_view, new_like_view
 from .batchnorm import BatchNorm2d
-from .functional import _update, batch_norm, check_input, uses_kernels
+from .functional import _update, batch_count, batch_norm, check_input, uses_kernels
 
 __all__ = ["BatchNormAct2d", "batch_norm_act"]
 
@@ -123,11 +123,7 @@ def batch_norm_act(
     batch_stats = training or running_mean is None or running_var is None
     check_input(layer, input, batch_stats, weight, bias, running_mean, running_var)
     update = training and running_mean is not None and running_var is not None
-    count = None
-    if update and momentum is None:
-        if num_batches_tracked is None:
-            raise ValueError(f"{layer} with momentum=None (cumulative average) needs num_batches_tracked")
-        count = int(num_batches_tracked) + 1
+    count = batch_count(layer, update, momentum, num_batches_tracked)
     stats: list = []
     y = _KernelBatchNormAct.apply(input, residual, weight, bias, running_mean, running_var, batch_stats, eps,
                                   act_kernels.ACTIVATIONS[act], stats)

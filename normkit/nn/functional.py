@@ -124,11 +124,7 @@ def batch_norm(
     if nonfinite != "propagate":
         _checks.check_nonfinite_policy(layer, nonfinite)
     update = training and running_mean is not None and running_var is not None
-    count = None
-    if update and momentum is None:
-        if num_batches_tracked is None:
-            raise ValueError(f"{layer} with momentum=None (cumulative average) needs num_batches_tracked")
-        count = int(num_batches_tracked) + 1
+    count = batch_count(layer, update, momentum, num_batches_tracked)
 
     if input.numel() == 0:  # as torch: an empty output that keeps the autograd graph, buffers untouched
         y = input.clone()
@@ -160,6 +156,16 @@ def batch_norm(
     if update:
         _update(layer, nonfinite, input, mean, var, running_mean, running_var, momentum, count, num_batches_tracked)
     return y
+
+
+def batch_count(layer: str, update: bool, momentum: Optional[float],
+                num_batches_tracked: Optional[torch.Tensor]) -> Optional[int]:
+    """The count the batch being added makes, needed by ``momentum=None`` (cumulative average)."""
+    if not update or momentum is not None:
+        return None
+    if num_batches_tracked is None:
+        raise ValueError(f"{layer} with momentum=None (cumulative average) needs num_batches_tracked")
+    return int(num_batches_tracked) + 1
 
 
 def _update(layer, nonfinite, input, mean, var, running_mean, running_var, momentum, count, num_batches_tracked) -> None:

@@ -269,11 +269,7 @@ def batch_renorm(
     F.check_input(layer, input, True, weight, bias, running_mean, running_var)
     if nonfinite != "propagate":
         _checks.check_nonfinite_policy(layer, nonfinite)
-    count = None
-    if momentum is None:
-        if num_batches_tracked is None:
-            raise ValueError(f"{layer} with momentum=None (cumulative average) needs num_batches_tracked")
-        count = int(num_batches_tracked) + 1
+    count = F.batch_count(layer, True, momentum, num_batches_tracked)
     if input.numel() == 0:  # BatchNorm's behaviour: an empty output, the batch counted
         return F.batch_norm(
             input, running_mean, running_var, weight, bias, True, momentum, eps,
