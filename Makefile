@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,test,plot]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,test,plot,onnx,demo]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -15,12 +15,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo.add_argument("--batch", type=int, default=64)
     sub.add_parser("bench", help="time normkit against torch eager, torch.compile and the memory floor",
                    add_help=False)
+    sub.add_parser("inspect", help="BatchNorm diagnostics of a checkpoint or a build_model() file", add_help=False)
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["bench"]:  # the benchmark has its own options
         from .bench.run import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["inspect"]:
+        from .tools.report import inspect_main
+
+        return inspect_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import quickstart
