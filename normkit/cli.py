@@ -10,9 +10,11 @@ from typing import List, Optional
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="normkit", description="Batch normalization and its family.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a small model with normkit's BatchNorm next to torch's")
-    demo.add_argument("--epochs", type=int, default=4)
-    demo.add_argument("--batch", type=int, default=64)
+    sub.add_parser("demo", help="batch normalization's claims tested on real data (normkit demo --help)",
+                   add_help=False)
+    quick = sub.add_parser("quickstart", help="train a small model with normkit's BatchNorm next to torch's")
+    quick.add_argument("--epochs", type=int, default=4)
+    quick.add_argument("--batch", type=int, default=64)
     sub.add_parser("bench", help="time normkit against torch eager, torch.compile and the memory floor",
                    add_help=False)
     sub.add_parser("inspect", help="BatchNorm diagnostics of a checkpoint or a build_model() file", add_help=False)
@@ -22,12 +24,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .bench.run import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["demo"]:  # the demo has its own options
+        from .demo.run import main as demo_main
+
+        return demo_main(argv[1:])
     if argv[:1] == ["inspect"]:
         from .tools.report import inspect_main
 
         return inspect_main(argv[1:])
     args = parser.parse_args(argv)
-    if args.command == "demo":
+    if args.command == "quickstart":
         from .demo import quickstart
 
         return quickstart.run(epochs=args.epochs, batch=args.batch)

@@ -5,8 +5,8 @@ import re
 from normkit.cli import main
 
 
-def test_demo_quickstart(capsys):
-    assert main(["demo", "--epochs", "1", "--batch", "128"]) == 0
+def test_quickstart(capsys):
+    assert main(["quickstart", "--epochs", "1", "--batch", "128"]) == 0
     out = capsys.readouterr().out
     assert "converted: 3 BatchNorm2d layers" in out
     losses = re.findall(r"^\s+1\s+([0-9.]+)\s+([0-9.]+)$", out, re.M)
