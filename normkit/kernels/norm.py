@@ -54,11 +54,24 @@ def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
         return 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
 
 
-def _config(x: np.ndarray):
-    """(parallel?, fused?, the tuning tuple the compiled code reads)."""
+# The pool is started at import (see _jit.py), so the thread count can be read
+# without numba.get_num_threads()'s start-up check (a lock per call); fall back to
+# the public function if Numba's internals move.
+_num_threads = getattr(numba.np.ufunc.parallel, "_get_num_threads", numba.get_num_threads)
+
+
+def fusable(P: int, C: int, L: int, itemsize: int) -> bool:
+    """Whether the per-channel fused kernels suit a ``(P, C, L)`` view: runs long enough to
+    vectorise, a channel within the cache budget, at least two channels per thread."""
+    return L >= ROW_MIN and P * L * itemsize <= FUSE_MAX_CHANNEL_BYTES and C >= 2 * _num_threads()
+
+
+def _config(x: np.ndarray, want_fused: bool = False):
+    """(parallel?, fused?, the tuning tuple the compiled code reads); ``fused`` is only
+    worked out when the caller has a fused kernel (``want_fused``)."""
     P, C, L = x.shape
     par = x.size >= PARALLEL_MIN
-    fused = L >= ROW_MIN and P * L * x.itemsize <= FUSE_MAX_CHANNEL_BYTES and C >= 2 * numba.get_num_threads()
+    fused = want_fused and fusable(P, C, L, x.itemsize)
     cfg = (reduce.CHUNK, reduce.COL_BLOCK, reduce.COL_TASK_ELEMS, reduce.COL_TASKS_MAX, elementwise.ROW_BLOCK_ELEMS)
     return par, fused, cfg
 
@@ -194,7 +207,7 @@ def forward_batch(
     vectors or None. Returns float64 ``(mean, var, rstd)`` (``var`` biased).
     Statistics are float64 one-pass shifted sums (:mod:`.reduce`).
     """
-    par, fused, cfg = _config(x)
+    par, fused, cfg = _config(x, want_fused=True)
     if fused:
         return _pick(_fused_forward, par)(x, weight, bias, float(eps), out)
     return _pick(_forward_batch, par)(x, weight, bias, float(eps), out, cfg)
@@ -223,7 +236,7 @@ def backward(
 
     ``dweight = rstd * s2``, ``dbias = s1``. ``mean``/``rstd`` are float64 ``(C,)``.
     """
-    par, fused, cfg = _config(x)
+    par, fused, cfg = _config(x, want_fused=True)
     need_dx = dx is not None
     target = dx if need_dx else np.empty((0, 0, 0), x.dtype)
     if fused:

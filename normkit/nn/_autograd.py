@@ -26,7 +26,9 @@ __all__ = ["KernelBatchNorm", "forward"]
 
 
 def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
-    return None if t is None else t.detach().numpy()
+    if t is None:
+        return None
+    return t.detach().numpy() if t.requires_grad else t.numpy()
 
 
 def forward(

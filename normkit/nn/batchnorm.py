@@ -50,8 +50,10 @@ class _BatchNormMixin:
         return f"{type(self).__name__}({self.num_features})"
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
-        _checks.check_ndim(self._layer_name, tuple(input.shape), self._input_dims)
-        _checks.check_channels(self._layer_name, tuple(input.shape), 1, self.num_features)
+        shape = input.shape
+        if len(shape) not in self._input_dims or shape[1] != self.num_features:  # the errors, with messages
+            _checks.check_ndim(self._layer_name, tuple(shape), self._input_dims)
+            _checks.check_channels(self._layer_name, tuple(shape), 1, self.num_features)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)

@@ -25,7 +25,8 @@ _KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+    """Whether torch.compile, torch.export or TorchScript is tracing this call."""
+    return torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None or torch.jit.is_scripting()
 
 
 def uses_kernels(input: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> bool:
