@@ -104,6 +104,10 @@ def main() -> None:
     single = revert_sync_batchnorm(model).eval()
     if rank == 0:
         print(f"reverted for inference: {type(single[1]).__name__}", flush=True)
+    # Tear down in order: DDP's reducer (it holds the process group and its threads)
+    # before the group, and every rank past the last collective before destroying it.
+    del opt, ddp
+    dist.barrier()
     dist.destroy_process_group()
 
 
