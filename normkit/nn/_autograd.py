@@ -21,14 +21,9 @@ from .. import kernels
 from ..kernels.layout import ChannelView
 from . import _torch_impl
 from ._bridge import as_view, new_like_view
+from ._bridge import numpy_view as _np
 
 __all__ = ["KernelBatchNorm", "forward"]
-
-
-def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
-    if t is None:
-        return None
-    return t.detach().numpy() if t.requires_grad else t.numpy()
 
 
 def forward(

@@ -10,7 +10,15 @@ import torch
 
 from ..kernels.layout import ChannelView, channel_view
 
-__all__ = ["as_view", "new_like_view"]
+__all__ = ["as_view", "new_like_view", "numpy_view"]
+
+
+def numpy_view(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    """The NumPy array sharing a CPU tensor's memory (None stays None); no detach for
+    buffers, which do not require grad (it costs a call per tensor on the hot path)."""
+    if t is None:
+        return None
+    return t.detach().numpy() if t.requires_grad else t.numpy()
 
 
 def as_view(t: torch.Tensor, axis: int, like: Optional[ChannelView] = None) -> Tuple[np.ndarray, ChannelView]:

@@ -21,6 +21,7 @@ from ..kernels import act as act_kernels
 from ..kernels import norm as norm_kernels
 from . import _torch_impl
 from ._bridge import as_view, new_like_view
+from ._bridge import numpy_view as _np
 from .batchnorm import BatchNorm2d
 from .functional import _update, batch_count, batch_norm, check_input, uses_kernels
 
@@ -33,10 +34,6 @@ _TORCH_ACTS: dict = {
     "silu": torch.nn.functional.silu,
     "gelu": torch.nn.functional.gelu,
 }
-
-
-def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
-    return None if t is None else t.detach().numpy()
 
 
 def _fusable(x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:

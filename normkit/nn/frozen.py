@@ -32,15 +32,12 @@ from . import _torch_impl
 from . import batchnorm as _bn
 from . import functional as F
 from ._bridge import as_view, new_like_view
+from ._bridge import numpy_view as _np
 
 __all__ = [
     "FrozenBatchNorm", "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d", "KernelFrozenBatchNorm",
     "freeze", "frozen_batch_norm", "unfreeze",
 ]
-
-
-def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
-    return None if t is None else t.detach().numpy()
 
 
 def _kernel_forward(x, running_mean, running_var, weight, bias, eps):
