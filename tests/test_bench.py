@@ -25,14 +25,6 @@ def test_bench_quick_smoke(tmp_path, capsys):
     assert (tmp_path / "bench.png").stat().st_size > 1000
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
-def test_allocator_setting_is_accepted_and_reverts():
-    import normkit.allocator as alloc
-
-    assert alloc.keep_freed_memory(True) is True  # glibc accepted both settings
-    assert alloc.keep_freed_memory(False) is True
-
-
 def test_bench_distributed_smoke(tmp_path, capsys):
     assert main(["bench", "--distributed", "--quick", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "bench-distributed.json").read_text())

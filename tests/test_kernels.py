@@ -152,11 +152,12 @@ def test_constant_channel_gives_bias(layout, dtype):
     assert np.isfinite(dx).all()
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("fused", ["two-pass", "per-channel", "short-run blocks"])
 @pytest.mark.parametrize("parallel", [True, False])
-@pytest.mark.parametrize("shape", [(3, 4, 50), (2, 8, 40), (2, 3, 7), (1000, 3, 1), (5, 2100, 1)])
+@pytest.mark.parametrize("shape", [(3, 4, 50), (2, 8, 40), (2, 3, 7), (2, 4, 300), (1000, 3, 1), (5, 2100, 1)])
 def test_split_work_agrees(monkeypatch, shape, parallel, fused):
-    """Tiny chunk and block sizes force every run to be split across tasks."""
+    """Tiny chunk and block sizes force every run to be split across tasks; each
+    backward form (two-pass, per-channel fused, short-run blocks) where it applies."""
     rng = np.random.default_rng(2)
     x = rng.normal(3.0, 2.0, shape)
     dy = rng.normal(size=shape)
@@ -167,8 +168,10 @@ def test_split_work_agrees(monkeypatch, shape, parallel, fused):
     monkeypatch.setattr(reduce, "COL_TASK_ELEMS", 64)
     monkeypatch.setattr(elementwise, "ROW_BLOCK_ELEMS", 64)
     monkeypatch.setattr(norm, "PARALLEL_MIN", 1 if parallel else 1 << 40)
-    monkeypatch.setattr(norm, "FUSE_MAX_CHANNEL_BYTES", 1 << 40 if fused else 0)
-    monkeypatch.setattr(numba, "get_num_threads", lambda: 1)  # fusion needs 2 channels per thread
+    monkeypatch.setattr(norm, "FUSE_MAX_CHANNEL_BYTES", 0 if fused == "two-pass" else 1 << 40)
+    monkeypatch.setattr(norm, "SHORT_BACKWARD_RUN", 1 << 40 if fused == "short-run blocks" else 0)
+    monkeypatch.setattr(norm, "SHORT_BACKWARD_COLS", 16)  # several channel blocks where there are channels
+    monkeypatch.setattr(norm, "_num_threads", lambda: 1)  # fusion needs 2 channels per thread
     y, mean, var = batch_norm(x)
     dx, dw, db = batch_norm_backward(dy, x, mean, var)
     np.testing.assert_allclose(mean, mean_ref, rtol=1e-12)
@@ -177,6 +180,13 @@ def test_split_work_agrees(monkeypatch, shape, parallel, fused):
     np.testing.assert_allclose(dx, dx_ref, atol=1e-10)
     np.testing.assert_allclose(dw, dw_ref, atol=1e-9)
     np.testing.assert_allclose(db, db_ref, atol=1e-9)
+    # fixed statistics (the backward of inference mode), with a weight
+    w = rng.uniform(0.5, 2.0, shape[1])
+    rm, rv = rng.normal(size=shape[1]), rng.uniform(0.5, 2.0, shape[1])
+    got = batch_norm_backward(dy, x, rm, rv, w, training=False)
+    want = ref.batch_norm_backward(dy, x, rm, rv, w, training=False)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, atol=1e-9)
 
 
 def test_shift_removes_cancellation():

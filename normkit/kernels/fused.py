@@ -9,6 +9,14 @@ the two-pass floor -- instead of a second read from main memory.
 Used when the rows pattern applies (``L >= ROW_MIN``), a channel's data fits
 the per-core cache budget, and there are enough channels to keep every thread
 busy; otherwise :mod:`.norm` runs the two-pass kernels.
+
+The backward has a second form for short runs (small maps such as 7x7, where a
+channel is ``P`` scattered runs of a few dozen elements, too many streams for
+the hardware prefetchers when ``dy``, ``x`` and ``dx`` are walked run by run):
+one task per block of whole channels sweeps the block's ``(P, cb*L)`` columns
+row by row, accumulating per-column sums, reduces them per channel, and writes
+``dx`` for the block while it is still in the core's cache (measured on 7x7:
+3x faster than the per-channel form; on 28x28 slower, hence the bound).
 """
 
 from __future__ import annotations
@@ -16,13 +24,13 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import twin
+from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
-from .elementwise import affine2_run, affine_run
+from .elementwise import _affine2_row, _affine_row, affine2_run, affine_run, expand
 from .reduce import channel_moments, finish_moments, run_moments, run_sums
 
 __all__ = [
-    "channel_backward_par", "channel_backward_ser", "channel_forward_par", "channel_forward_ser",
+    "block_backward_par", "block_backward_ser", "channel_backward_par", "channel_backward_ser", "channel_forward_par", "channel_forward_ser",
     "group_backward_par", "group_backward_ser", "group_forward_par", "group_forward_ser",
 ]
 
@@ -73,6 +81,64 @@ def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx):
                 for p in range(P):
                     affine_run(dy[p, c], dx[p, c], q, a, k)
     return dw, db
+
+
+@helper
+def _column_sums(g2, x2, mw, r0, r1, j0, a1, a2):
+    """``a1[j] += dy``, ``a2[j] += dy * (x - mw[j])`` over rows ``r0:r1`` of a block of columns."""
+    W = a1.shape[0]
+    for p in range(r0, r1):
+        gr = g2[p, j0:j0 + W]
+        xr = x2[p, j0:j0 + W]
+        for j in range(W):
+            g = np.float64(gr[j])
+            a1[j] += g
+            a2[j] += g * (xr[j] - mw[j])
+
+
+def _block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb):
+    P, C, L = x.shape
+    n = P * L
+    g2 = dy.reshape(P, C * L)
+    x2 = x.reshape(P, C * L)
+    dw = np.empty(C)
+    db = np.empty(C)
+    for t in prange((C + cb - 1) // cb):
+        c0 = t * cb
+        c1 = min(C, c0 + cb)
+        j0 = c0 * L
+        j1 = c1 * L
+        a1 = np.zeros(j1 - j0)
+        a2 = np.zeros(j1 - j0)
+        _column_sums(g2, x2, expand(mean, c0, c1, L, np.float64), 0, P, j0, a1, a2)
+        co = np.empty(4, x.dtype)
+        cw = np.empty((4, c1 - c0), x.dtype)  # the block's per-channel (a, q, m, k)
+        for c in range(c0, c1):
+            s1 = a1[(c - c0) * L:(c - c0 + 1) * L].sum()
+            s2 = a2[(c - c0) * L:(c - c0 + 1) * L].sum()
+            dw[c] = s2 * rstd[c]
+            db[c] = s1
+            backward_coefs(mean[c], rstd[c], w, c, s1, s2, n, batch_stats, co)
+            for i in range(4):
+                cw[i, c - c0] = co[i]
+        if need_dx:
+            o2 = dx.reshape(P, C * L)
+            aw = expand(cw[0], 0, c1 - c0, L, x.dtype)
+            qw = expand(cw[1], 0, c1 - c0, L, x.dtype)
+            mw = expand(cw[2], 0, c1 - c0, L, x.dtype)
+            kw = expand(cw[3], 0, c1 - c0, L, x.dtype)
+            if batch_stats:
+                for p in range(P):
+                    _affine2_row(g2[p, j0:j1], x2[p, j0:j1], o2[p, j0:j1], aw, qw, mw, kw)
+            else:  # dx = a * dy (q = k = 0)
+                for p in range(P):
+                    _affine_row(g2[p, j0:j1], o2[p, j0:j1], qw, aw, kw)
+    return dw, db
+
+
+#: ``block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb) -> (dweight, dbias)``:
+#: the short-run form of ``channel_backward``, ``cb`` channels per task.
+block_backward_par, block_backward_ser = twin(_block_backward)
 
 
 #: ``channel_forward(x, w, b, eps, out) -> (mean, var, rstd)``: training forward (float64 stats).

@@ -25,7 +25,7 @@ import torch
 from ..kernels import grouped, rowwise
 from ..kernels.layout import ChannelView
 from . import _torch_family as T
-from ._bridge import as_view, new_like_view
+from ._bridge import as_view, new_empty, new_like_view
 
 __all__ = ["KernelGroupedNorm", "KernelRowNorm", "grouped_forward", "rows_forward"]
 
@@ -55,7 +55,7 @@ def rows_forward(
     """``y`` (contiguous) and the float64 per-row ``(mean, rstd)``; the rows are the
     trailing ``k`` dims (``center=False``: RMSNorm, ``mean = 0``)."""
     x2 = _rows(x, k)
-    y = torch.empty(x.shape, dtype=x.dtype)
+    y = new_empty(x.shape, x.dtype)
     mean, _, rstd = rowwise.row_forward(x2, _np(weight), _np(bias), eps, y.numpy().reshape(x2.shape), center)
     return y, mean, rstd
 
@@ -84,7 +84,7 @@ class KernelRowNorm(torch.autograd.Function):
             x2 = _rows(x, k)
             dx = dx2 = None
             if need_x:
-                dx = torch.empty(x.shape, dtype=x.dtype)
+                dx = new_empty(x.shape, x.dtype)
                 dx2 = dx.numpy().reshape(x2.shape)
             dw, db = rowwise.row_backward(_rows(dy, k), x2, mean.numpy(), rstd.numpy(), _np(weight), dx2, ctx.center)
             dw, db = _grad(dw, weight, need_w), _grad(db, bias, need_b)

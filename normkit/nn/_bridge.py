@@ -8,9 +8,10 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from ..allocator import HUGE_PAGE_MIN, advise_huge_pages
 from ..kernels.layout import ChannelView, channel_view
 
-__all__ = ["as_view", "new_like_view", "numpy_view"]
+__all__ = ["as_view", "new_empty", "new_like_view", "numpy_view"]
 
 
 def numpy_view(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
@@ -40,12 +41,22 @@ def as_view(t: torch.Tensor, axis: int, like: Optional[ChannelView] = None) -> T
     return moved.contiguous().numpy().reshape(view.shape), view
 
 
+def new_empty(shape, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty``; large blocks advised as huge-page memory before their first write
+    (see :mod:`normkit.allocator`)."""
+    out = torch.empty(shape, dtype=dtype)
+    nbytes = out.numel() * out.element_size()
+    if nbytes >= HUGE_PAGE_MIN:
+        advise_huge_pages(out.data_ptr(), nbytes)
+    return out
+
+
 def new_like_view(shape: torch.Size, view: ChannelView, dtype: torch.dtype) -> Tuple[torch.Tensor, np.ndarray]:
     """A new tensor of ``shape`` in ``view``'s memory layout, and its ``(P, C, L)`` view."""
     if view.perm is None:
-        out = torch.empty(shape, dtype=dtype)
+        out = new_empty(shape, dtype)
         return out, out.numpy().reshape(view.P, view.C, view.L)
-    moved = torch.empty([shape[a] for a in view.perm], dtype=dtype)
+    moved = new_empty([shape[a] for a in view.perm], dtype)
     inverse = [0] * len(view.perm)
     for i, a in enumerate(view.perm):
         inverse[a] = i
