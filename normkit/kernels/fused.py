@@ -41,13 +41,14 @@ def _channel_forward(x, w, b, eps, out):
     mean = np.empty(C)
     var = np.empty(C)
     rstd = np.empty(C)
+    scratch = np.empty((C, 3), x.dtype)  # per-task coefficients (no allocation inside the loop)
     for c in prange(C):
         mu, v = channel_moments(x, c)
         r = 1.0 / np.sqrt(v + eps)
         mean[c] = mu
         var[c] = v
         rstd[c] = r
-        co = np.empty(3, x.dtype)
+        co = scratch[c]
         forward_coefs(mu, r, w, b, c, co)
         m, a, s = co[0], co[1], co[2]
         for p in range(P):
@@ -60,6 +61,7 @@ def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx):
     n = P * L
     dw = np.empty(C)
     db = np.empty(C)
+    scratch = np.empty((C, 4), x.dtype)
     for c in prange(C):
         s1 = 0.0
         s2 = 0.0
@@ -71,7 +73,7 @@ def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx):
         dw[c] = s2 * rstd[c]
         db[c] = s1
         if need_dx:
-            co = np.empty(4, x.dtype)
+            co = scratch[c]
             backward_coefs(mc, rstd[c], w, c, s1, s2, n, batch_stats, co)
             a, q, m, k = co[0], co[1], co[2], co[3]
             if batch_stats:
@@ -157,6 +159,7 @@ def _group_forward(x, G, w, b, eps, out):
     mean = np.empty(N * G)
     var = np.empty(N * G)
     rstd = np.empty(N * G)
+    scratch = np.empty((N * G, 3), x.dtype)  # per-task coefficients (no allocation inside the loop)
     for t in prange(N * G):
         n = t // G
         g = t % G
@@ -175,7 +178,7 @@ def _group_forward(x, G, w, b, eps, out):
         mean[t] = mu
         var[t] = v
         rstd[t] = r
-        co = np.empty(3, x.dtype)
+        co = scratch[t]
         for j in range(Cg):
             forward_coefs(mu, r, w, b, c0 + j, co)
             affine_run(x[n, c0 + j], out[n, c0 + j], co[0], co[1], co[2])
@@ -190,6 +193,7 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2):
     N, C, L = x.shape
     Cg = C // G
     M = Cg * L
+    scratch = np.empty((N * G, 4), x.dtype)  # per-task (a, q, m, k) rounded to x's dtype
     for t in prange(N * G):
         n = t // G
         g = t % G
@@ -207,16 +211,14 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2):
             S1 += wc * a1
             S2 += wc * a2
         q = -r * r * r * S2 / M
-        co = np.empty(3, x.dtype)  # (a, q, m) rounded to x's dtype
+        co = scratch[t]
         co[1] = q
         co[2] = mu
-        k = -r * S1 / M + q * (np.float64(co[2]) - mu)
-        kt = np.empty(1, x.dtype)
-        kt[0] = k
+        co[3] = -r * S1 / M + q * (np.float64(co[2]) - mu)
         for j in range(Cg):
             c = c0 + j
             co[0] = r if w is None else r * w[c]
-            affine2_run(dy[n, c], x[n, c], dx[n, c], co[0], co[1], co[2], kt[0])
+            affine2_run(dy[n, c], x[n, c], dx[n, c], co[0], co[1], co[2], co[3])
 
 
 #: ``group_forward(x, G, w, b, eps, out) -> (mean, var, rstd)`` of shape ``(N*G,)``.
