@@ -5,6 +5,17 @@ CPU float32/float64 tensors run on normkit's fused Numba kernels through an
 dtype (CUDA, float16, bfloat16), and code being traced by ``torch.compile`` or
 ``torch.export``, runs the same mathematics in plain torch operations
 (float16/bfloat16 with float32 statistics).
+
+Small inputs (at most :data:`SMALL_INPUT` elements) are the exception: there
+the cost of a call is its overhead, not its memory traffic, and PyTorch's own
+CPU kernel, dispatched from C++, beats any path that crosses Python and a JIT
+boundary (measured: 2x faster per call on ``8x16x8x8``). They go to
+``torch.batch_norm`` -- the same conventions (momentum as the weight of the new
+batch, unbiased ``running_var``, float64 accumulation of float32 statistics on
+the CPU) -- after normkit's own validation, and ``num_batches_tracked`` is
+counted here as on the kernel path. A non-default ``nonfinite`` policy needs
+the batch statistics before the running ones are touched, so it always takes
+the kernel path. Set ``SMALL_INPUT = 0`` to send every input to the kernels.
 """
 
 from __future__ import annotations
@@ -19,9 +30,12 @@ from . import _torch_impl
 from ._autograd import KernelBatchNorm
 from ._autograd import forward as kernel_forward
 
-__all__ = ["batch_norm", "uses_kernels"]
+__all__ = ["SMALL_INPUT", "batch_norm", "uses_kernels"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+
+#: Inputs with at most this many elements run on PyTorch's own CPU kernel (see above).
+SMALL_INPUT = 1 << 16
 
 
 def _tracing() -> bool:
@@ -133,6 +147,16 @@ def batch_norm(
             y = y * weight[0]
         if bias is not None:
             y = y + bias[0]
+        if update and num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        return y
+
+    if input.numel() <= SMALL_INPUT and nonfinite == "propagate" and input.is_cpu and input.dtype in _KERNEL_DTYPES:
+        keep = update or not batch_stats  # running statistics read (eval) or updated (training)
+        y = torch.batch_norm(
+            input, weight, bias, running_mean if keep else None, running_var if keep else None, batch_stats,
+            update_factor(momentum, count) if update else 0.0, eps, False,
+        )
         if update and num_batches_tracked is not None:
             num_batches_tracked.add_(1)
         return y

@@ -1,0 +1,119 @@
+"""Small inputs: PyTorch's own CPU kernel behind normkit's validation and bookkeeping.
+
+Every other test file sends all sizes to normkit's kernels (conftest.py); these
+tests keep the default threshold and check that the small-input path gives what
+the kernel path gives -- outputs, gradients, running statistics, counters --
+that it is really taken (and only where it should be), and that errors and the
+non-finite policies behave as on the kernel path.
+"""
+
+import copy
+
+import pytest
+import torch
+
+import normkit.nn as nkn
+import normkit.nn.functional as F
+from normkit.nn import _autograd
+
+pytestmark = pytest.mark.small_input_path
+
+CASES = [
+    (nkn.BatchNorm2d, (4, 3, 5, 5), {}),
+    (nkn.BatchNorm2d, (4, 3, 5, 5), {"momentum": None}),
+    (nkn.BatchNorm2d, (4, 3, 5, 5), {"affine": False}),
+    (nkn.BatchNorm2d, (4, 3, 5, 5), {"track_running_stats": False}),
+    (nkn.BatchNorm1d, (16, 6), {"eps": 1e-3, "momentum": 0.3}),
+    (nkn.BatchNorm1d, (8, 6, 7), {"bias": False}),
+    (nkn.BatchNorm3d, (2, 4, 3, 3, 3), {}),
+]
+
+
+def _run(layer, x, dy, steps=3):
+    """Outputs and gradients of a few training steps, then an eval step."""
+    outs = []
+    for _ in range(steps):
+        xg = x.clone().requires_grad_()
+        y = layer(xg)
+        y.backward(dy)
+        outs += [y.detach(), xg.grad]
+    layer.eval()
+    outs.append(layer(x).detach())
+    layer.train()
+    return outs
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls,shape,kwargs", CASES)
+def test_small_path_matches_kernel_path(monkeypatch, cls, shape, kwargs, dtype, layout):
+    if layout == "channels_last" and len(shape) != 4:
+        pytest.skip("channels_last is a 4D layout")
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=g, dtype=dtype) * 3 + 2)
+    dy = torch.randn(shape, generator=g, dtype=dtype)
+    if layout == "channels_last":
+        x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
+    assert x.numel() <= F.SMALL_INPUT
+    small = cls(shape[1], dtype=dtype, **kwargs)
+    if small.weight is not None:
+        with torch.no_grad():
+            small.weight.uniform_(0.5, 2.0, generator=g)
+    kernel = copy.deepcopy(small)
+    got = _run(small, x, dy)
+    monkeypatch.setattr(F, "SMALL_INPUT", 0)
+    want = _run(kernel, x, dy)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **tol)
+    if layout == "channels_last":
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+    for name, p in small.named_parameters():
+        torch.testing.assert_close(p.grad, dict(kernel.named_parameters())[name].grad, **tol)
+    for name, b in small.named_buffers():
+        torch.testing.assert_close(b, dict(kernel.named_buffers())[name], **tol)
+
+
+def test_the_path_taken_depends_on_the_size(monkeypatch):
+    calls = []
+    real = _autograd.KernelBatchNorm.apply
+    monkeypatch.setattr(_autograd.KernelBatchNorm, "apply", lambda *a: calls.append(1) or real(*a))
+    bn = nkn.BatchNorm2d(4)
+    bn(torch.randn(2, 4, 8, 8, requires_grad=True))  # 512 elements: PyTorch's kernel
+    assert calls == []
+    bn(torch.randn(2, 4, 96, 96, requires_grad=True))  # 73,728 elements: normkit's kernels
+    assert calls == [1]
+    monkeypatch.setattr(F, "SMALL_INPUT", 0)
+    bn(torch.randn(2, 4, 8, 8, requires_grad=True))
+    assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("policy", ["skip", "raise"])
+def test_nonfinite_policies_still_protect_small_inputs(policy):
+    bn = nkn.BatchNorm2d(3, nonfinite=policy)
+    bn(torch.randn(4, 3, 2, 2))
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    x = torch.randn(4, 3, 2, 2)
+    x[0, 1, 0, 0] = float("nan")
+    if policy == "skip":
+        with pytest.warns(Warning, match="non-finite"):
+            bn(x)
+    else:
+        with pytest.raises(Exception, match="non-finite"):
+            bn(x)
+    for k, v in bn.state_dict().items():
+        torch.testing.assert_close(v, before[k], equal_nan=True)
+
+
+def test_errors_on_small_inputs_leave_the_state_untouched():
+    bn = nkn.BatchNorm2d(3)
+    bn(torch.randn(4, 3, 2, 2))
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    with pytest.raises(ValueError, match="expected 3 channels|3 channels"):
+        bn(torch.randn(4, 5, 2, 2))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn(torch.randn(1, 3, 1, 1))
+    with pytest.raises(TypeError, match="dtype"):
+        F.batch_norm(torch.randn(4, 3, 2, 2), bn.running_mean, bn.running_var, bn.weight.double(), None, True)
+    for k, v in bn.state_dict().items():
+        torch.testing.assert_close(v, before[k])
