@@ -51,13 +51,17 @@ def block_channels(C, L):
 
 
 @helper
-def expand(v, c0, c1, L, dtype):
-    """``v[c0:c1]`` with every entry repeated ``L`` times, as a vector of ``dtype``."""
-    out = np.empty((c1 - c0) * L, dtype=dtype)
+def expand(v, c0, c1, L, dtype, reps=1):
+    """``v[c0:c1]`` with every entry repeated ``L`` times, as a vector of ``dtype``;
+    ``reps`` copies of it end to end."""
+    W = (c1 - c0) * L
+    out = np.empty(W * reps, dtype=dtype)
     for c in range(c0, c1):
         val = v[c]
         for j in range((c - c0) * L, (c - c0 + 1) * L):
             out[j] = val
+    for r in range(1, reps):
+        out[r * W:(r + 1) * W] = out[:W]
     return out
 
 
@@ -72,10 +76,16 @@ def block_task(t, C, L, P, cb, rows):
 
 @helper
 def block_tasks(P, C, L, row_block):
-    """(channels per block, rows per task, number of tasks) of the blocks pattern."""
+    """(channels per block, rows per sweep, rows per task, number of tasks) of the
+    blocks pattern. When a block spans every channel (narrow rows, e.g.
+    channels-last with few channels) consecutive rows are contiguous, and a sweep
+    covers several of them at once (coefficients tiled to match), so the vector
+    loops do not restart every ``C*L`` elements."""
     cb = block_channels(C, L)
-    rows = max(1, row_block // (cb * L))
-    return cb, rows, ((C + cb - 1) // cb) * ((P + rows - 1) // rows)
+    reps = max(1, BLOCK_COLS // (C * L)) if cb == C else 1
+    rows = max(1, row_block // (cb * L)) // reps * reps
+    rows = max(reps, rows)
+    return cb, reps, rows, ((C + cb - 1) // cb) * ((P + rows - 1) // rows)
 
 
 @helper
@@ -98,18 +108,26 @@ def _affine(x, m, a, b, out, chunk, row_block):
             p, c, lo, n = task_bounds(t, C, K, L, chunk)
             affine_run(x[p, c, lo:lo + n], out[p, c, lo:lo + n], m[c], a[c], b[c])
         return
-    x2 = x.reshape(P, C * L)
-    o2 = out.reshape(P, C * L)
-    cb, rows, tasks = block_tasks(P, C, L, row_block)
+    W = C * L
+    x2 = x.reshape(P, W)
+    o2 = out.reshape(P, W)
+    xf = x.reshape(P * W)
+    of = out.reshape(P * W)
+    cb, reps, rows, tasks = block_tasks(P, C, L, row_block)
     for t in prange(tasks):
         c0, c1, r0, r1 = block_task(t, C, L, P, cb, rows)
         j0 = c0 * L
         j1 = c1 * L
-        mw = expand(m, c0, c1, L, x.dtype)
-        aw = expand(a, c0, c1, L, x.dtype)
-        bw = expand(b, c0, c1, L, x.dtype)
-        for r in range(r0, r1):
-            _affine_row(x2[r, j0:j1], o2[r, j0:j1], mw, aw, bw)
+        mw = expand(m, c0, c1, L, x.dtype, reps)
+        aw = expand(a, c0, c1, L, x.dtype, reps)
+        bw = expand(b, c0, c1, L, x.dtype, reps)
+        if reps > 1:  # whole rows: reps of them per sweep
+            for r in range(r0, r1, reps):
+                e = min(r1, r + reps)
+                _affine_row(xf[r * W:e * W], of[r * W:e * W], mw, aw, bw)
+        else:
+            for r in range(r0, r1):
+                _affine_row(x2[r, j0:j1], o2[r, j0:j1], mw, aw, bw)
 
 
 @helper
@@ -132,20 +150,29 @@ def _affine2(dy, x, a, b, m, k, out, chunk, row_block):
             p, c, lo, n = task_bounds(t, C, K, L, chunk)
             affine2_run(dy[p, c, lo:lo + n], x[p, c, lo:lo + n], out[p, c, lo:lo + n], a[c], b[c], m[c], k[c])
         return
-    g2 = dy.reshape(P, C * L)
-    x2 = x.reshape(P, C * L)
-    o2 = out.reshape(P, C * L)
-    cb, rows, tasks = block_tasks(P, C, L, row_block)
+    W = C * L
+    g2 = dy.reshape(P, W)
+    x2 = x.reshape(P, W)
+    o2 = out.reshape(P, W)
+    gf = dy.reshape(P * W)
+    xf = x.reshape(P * W)
+    of = out.reshape(P * W)
+    cb, reps, rows, tasks = block_tasks(P, C, L, row_block)
     for t in prange(tasks):
         c0, c1, r0, r1 = block_task(t, C, L, P, cb, rows)
         j0 = c0 * L
         j1 = c1 * L
-        aw = expand(a, c0, c1, L, x.dtype)
-        bw = expand(b, c0, c1, L, x.dtype)
-        mw = expand(m, c0, c1, L, x.dtype)
-        kw = expand(k, c0, c1, L, x.dtype)
-        for r in range(r0, r1):
-            _affine2_row(g2[r, j0:j1], x2[r, j0:j1], o2[r, j0:j1], aw, bw, mw, kw)
+        aw = expand(a, c0, c1, L, x.dtype, reps)
+        bw = expand(b, c0, c1, L, x.dtype, reps)
+        mw = expand(m, c0, c1, L, x.dtype, reps)
+        kw = expand(k, c0, c1, L, x.dtype, reps)
+        if reps > 1:  # whole rows: reps of them per sweep
+            for r in range(r0, r1, reps):
+                e = min(r1, r + reps)
+                _affine2_row(gf[r * W:e * W], xf[r * W:e * W], of[r * W:e * W], aw, bw, mw, kw)
+        else:
+            for r in range(r0, r1):
+                _affine2_row(g2[r, j0:j1], x2[r, j0:j1], o2[r, j0:j1], aw, bw, mw, kw)
 
 
 #: ``affine(x, m, a, b, out, chunk, row_block)``: ``out = (x - m[c]) * a[c] + b[c]``;
