@@ -32,3 +32,25 @@ def test_bench_distributed_smoke(tmp_path, capsys):
     # the claim under measurement: one collective per direction, none for the local layer
     assert all(r["local_collectives"] == 0 and r["sync_collectives"] == 2 for r in rows)
     assert "sync overhead ms" in capsys.readouterr().out
+
+
+def test_training_step_allocates_no_more_tensor_memory_than_torch():
+    """Issue 3's peak-memory target, on the quantity normkit controls: live tensor bytes
+    during a training step (the profiler's allocation events; no timing involved)."""
+    import copy
+
+    import torch
+
+    import normkit.nn as nkn
+    from normkit.bench.model import _step, peak_tensor_bytes, small_resnet
+
+    base = small_resnet(width=8).train()
+    ours = nkn.convert(copy.deepcopy(base))
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    peaks = {}
+    for name, model in (("torch", base), ("normkit", ours)):
+        step = _step(model, x, y)
+        step()
+        peaks[name] = peak_tensor_bytes(step)
+    assert peaks["torch"] is not None and peaks["torch"] > 0
+    assert peaks["normkit"] <= peaks["torch"], peaks

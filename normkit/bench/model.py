@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -107,9 +107,32 @@ base = rss()
 sampler = threading.Thread(target=sample); sampler.start()
 step()
 done.set(); sampler.join()
+from normkit.bench.model import peak_tensor_bytes
 print(json.dumps({"first_bn_step_s": first_bn, "first_step_s": first, "import_to_step_s": import_to_step,
-                  "peak_step_bytes": max(0, peak[0] - base)}))
+                  "peak_step_bytes": max(0, peak[0] - base), "peak_tensor_bytes": peak_tensor_bytes(step)}))
 """
+
+
+def peak_tensor_bytes(fn) -> Optional[int]:
+    """The peak of live tensor bytes allocated while ``fn()`` runs, from the torch
+    profiler's memory events (every CPU tensor allocation and free, normkit's outputs
+    included). Unlike the process's resident memory it does not depend on what the
+    C allocator keeps or returns, or on loaded code. None if the profiler's event
+    stream is unavailable."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                        if e.name() == "[memory]")
+    except (AttributeError, RuntimeError):
+        return None
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
 
 
 def _probe(which: str, batch: int, threads: int, env: Dict[str, str]) -> Dict[str, float]:
@@ -121,7 +144,8 @@ def _probe(which: str, batch: int, threads: int, env: Dict[str, str]) -> Dict[st
 
 def fresh_process_costs(batch: int = 32, threads: int = 2) -> Dict[str, Dict[str, float]]:
     """First training step in a new process: torch's BN; normkit with an empty JIT cache
-    (cold) and again with the cache that run left (warm); peak memory of that step."""
+    (cold) and again with the cache that run left (warm); peak memory of the next step,
+    as the process's resident memory (sampled) and as live tensor bytes (profiler)."""
     with tempfile.TemporaryDirectory() as cache:
         env = {"NUMBA_CACHE_DIR": cache}
         return {

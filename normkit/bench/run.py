@@ -141,12 +141,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         costs = fresh_process_costs(batch=8 if args.quick else 32, threads=threads)
         result["fresh_process"] = costs
         md += ["", line, "", "| fresh process | first BatchNorm2d training step s | first small-ResNet step s | "
-               "import to end of that step s | small-ResNet step peak memory MB |", "|---|---|---|---|---|"]
+               "import to end of that step s | small-ResNet step peak RSS growth MB | "
+               "small-ResNet step peak live tensors MB |", "|---|---|---|---|---|---|"]
         for name, c in costs.items():
+            tensors = "-" if c.get("peak_tensor_bytes") is None else f"{c['peak_tensor_bytes'] / 2**20:.2f}"
             md.append(f"| {name} | {c['first_bn_step_s']:.2f} | {c['first_step_s']:.2f} | "
-                      f"{c['import_to_step_s']:.2f} | {c['peak_step_bytes'] / 2**20:.1f} |")
+                      f"{c['import_to_step_s']:.2f} | {c['peak_step_bytes'] / 2**20:.1f} | {tensors} |")
             print(f"{name}: first BatchNorm2d step {c['first_bn_step_s']:.2f} s, first ResNet step "
-                  f"{c['first_step_s']:.2f} s, ResNet step peak memory {c['peak_step_bytes'] / 2**20:.1f} MB")
+                  f"{c['first_step_s']:.2f} s, ResNet step peak RSS growth {c['peak_step_bytes'] / 2**20:.1f} MB, "
+                  f"peak live tensors {tensors} MB")
     if not args.skip_alloc:
         shape = (4, 8, 32, 32) if args.quick else (32, 64, 112, 112)
         study = allocation_study(shape, threads)
