@@ -88,3 +88,23 @@ def test_bias_false_keyword_as_torch(cls):
         mine.weight.uniform_(0.5, 1.5)
     ref.load_state_dict(mine.state_dict())
     torch.testing.assert_close(mine(x), ref(x))
+
+
+def test_channels_larger_than_the_cache_still_take_the_fused_kernel(monkeypatch):
+    """Above the per-channel cache budget the activation kernels still run (there is no
+    two-pass alternative that beats BN, add and activation apart), and match."""
+    import normkit.kernels.norm as norm_kernels
+
+    monkeypatch.setattr(norm_kernels, "FUSE_MAX_CHANNEL_BYTES", 64)  # every channel here is larger
+    mine, ref = pair("relu", torch.float64, True)
+    x = torch.randn(6, 16, 5, 7, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(6, 16, 5, 7, dtype=torch.float64, requires_grad=True)
+    y = mine(x, z)
+    assert type(y.grad_fn).__name__.startswith("_KernelBatchNormAct")
+    y_ref = torch.relu(ref(x) + z)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-11)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, z, mine.weight, mine.bias], g)
+    grads_ref = torch.autograd.grad(y_ref, [x, z, ref.weight, ref.bias], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)

@@ -10,8 +10,11 @@ and ``dz = g``. Neither ``p`` nor ``BN(x)`` is ever stored: the passes and the
 allocations that torch eager spends on the separate operations are saved.
 
 Activations: 0 none, 1 ReLU, 2 SiLU, 3 GELU (exact, erf form -- torch's default).
-Per-channel tasks (the rows pattern with channels that fit in cache, as
-:mod:`.fused`); the front end composes the separate operations otherwise.
+Per-channel tasks (the rows pattern, as :mod:`.fused`). A channel that fits in
+cache is read once from memory; a larger one twice (statistics, then the element
+pass) -- still one pass and two allocations fewer than BN, add and activation
+apart, so the front end uses these kernels for every channel size and composes
+the separate operations only where the rows pattern does not apply.
 """
 
 from __future__ import annotations

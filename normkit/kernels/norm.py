@@ -69,10 +69,13 @@ def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
 _num_threads = getattr(numba.np.ufunc.parallel, "_get_num_threads", numba.get_num_threads)
 
 
-def fusable(P: int, C: int, L: int, itemsize: int) -> bool:
+def fusable(P: int, C: int, L: int, itemsize: int, any_size: bool = False) -> bool:
     """Whether the per-channel fused kernels suit a ``(P, C, L)`` view: runs long enough to
-    vectorise, a channel within the cache budget, at least two channels per thread."""
-    return L >= ROW_MIN and P * L * itemsize <= FUSE_MAX_CHANNEL_BYTES and C >= 2 * _num_threads()
+    vectorise, a channel within the cache budget (unless ``any_size``: for callers with no
+    two-pass alternative, where a channel re-read from memory still beats separate
+    operations), at least two channels per thread."""
+    fits = any_size or P * L * itemsize <= FUSE_MAX_CHANNEL_BYTES
+    return L >= ROW_MIN and fits and C >= 2 * _num_threads()
 
 
 def short_backward_block(P: int, C: int, L: int, itemsize: int) -> int:

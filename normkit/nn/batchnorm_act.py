@@ -3,10 +3,12 @@
 :class:`BatchNormAct2d` has the constructor, parameters, buffers and state_dict
 of ``BatchNorm2d`` (it subclasses normkit's, so a BatchNorm2d checkpoint loads
 into it and back) plus ``act``; ``forward(x, residual=None)``. On CPU
-float32/float64 NCHW input whose channels fit in cache (see
-:mod:`normkit.kernels.act`) it is one pass forward and one backward, with no
-intermediate tensor; otherwise it composes normkit's batch norm, the add and
-torch's activation (the same mathematics, more passes).
+float32/float64 NCHW input with spatial maps of at least 16 values and at least
+two channels per thread (see :mod:`normkit.kernels.act`) it is one pass forward
+and one backward, with no intermediate tensor (a channel larger than the cache
+is read twice from memory, once for its statistics); otherwise (channels-last,
+tiny maps, few channels) it composes normkit's batch norm, the add and torch's
+activation (the same mathematics, more passes).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ def _fusable(x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
         return False
     N, C = x.shape[:2]
     L = x.numel() // max(1, N * C)
-    return N * L > 0 and norm_kernels.fusable(N, C, L, x.element_size())
+    # no cache budget: above it the per-channel kernel reads a channel twice from memory,
+    # still one pass fewer (and two allocations fewer) than BN, add and activation apart
+    return N * L > 0 and norm_kernels.fusable(N, C, L, x.element_size(), any_size=True)
 
 
 class _KernelBatchNormAct(torch.autograd.Function):
