@@ -144,9 +144,13 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max):
             a, b = _row_run(u[p, c, lo:lo + n], v[p, c, lo:lo + n], us[c], vs[c])
             p1[p, c, t % K] = a
             p2[p, c, t % K] = b
-        for c in prange(C):
-            s1[c] = p1[:, c, :].sum()
-            s2[c] = p2[:, c, :].sum()
+        s1[:] = 0.0  # little work per channel: a parallel region would cost more
+        s2[:] = 0.0
+        for p in range(P):
+            for c in range(C):
+                for k in range(K):
+                    s1[c] += p1[p, c, k]
+                    s2[c] += p2[p, c, k]
         return
     # columns pattern
     W = C * L
@@ -167,9 +171,12 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max):
         nj = min(block, W - j0)
         _col_rows(u2, v2, uw[j0:j0 + nj], vw[j0:j0 + nj], tr * P // row_tasks, (tr + 1) * P // row_tasks,
                   j0, nj, p1[tr, j0:j0 + nj], p2[tr, j0:j0 + nj])
-    for c in prange(C):
-        s1[c] = p1[:, c * L:(c + 1) * L].sum()
-        s2[c] = p2[:, c * L:(c + 1) * L].sum()
+    s1[:] = 0.0
+    s2[:] = 0.0
+    for t in range(row_tasks):
+        for j in range(W):
+            s1[j // L] += p1[t, j]
+            s2[j // L] += p2[t, j]
 
 
 #: ``sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max)``: writes the
