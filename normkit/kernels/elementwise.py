@@ -32,7 +32,8 @@ from ._jit import helper, twin
 from .reduce import task_bounds
 
 __all__ = [
-    "BLOCK_COLS", "ROW_BLOCK_ELEMS", "SHORT_RUN", "block_channels", "affine_par", "affine_ser", "affine2_par", "affine2_ser", "affine_run", "affine2_run",
+    "BLOCK_COLS", "ROW_BLOCK_ELEMS", "SHORT_RUN", "affine2_row", "affine_row", "block_channels", "block_task",
+    "block_tasks", "expand", "affine_par", "affine_ser", "affine2_par", "affine2_ser", "affine_run", "affine2_run",
 ]
 
 #: Elements of the (P, C*L) matrix handled per task in the blocks pattern.
@@ -95,7 +96,8 @@ def affine_run(xr, o, m, a, b):
 
 
 @helper
-def _affine_row(xr, o, mw, aw, bw):
+def affine_row(xr, o, mw, aw, bw):
+    """``o = (x - mw) * aw + bw`` element by element (coefficient vectors at least as long as ``xr``)."""
     for j in range(xr.shape[0]):
         o[j] = (xr[j] - mw[j]) * aw[j] + bw[j]
 
@@ -124,10 +126,10 @@ def _affine(x, m, a, b, out, chunk, row_block):
         if reps > 1:  # whole rows: reps of them per sweep
             for r in range(r0, r1, reps):
                 e = min(r1, r + reps)
-                _affine_row(xf[r * W:e * W], of[r * W:e * W], mw, aw, bw)
+                affine_row(xf[r * W:e * W], of[r * W:e * W], mw, aw, bw)
         else:
             for r in range(r0, r1):
-                _affine_row(x2[r, j0:j1], o2[r, j0:j1], mw, aw, bw)
+                affine_row(x2[r, j0:j1], o2[r, j0:j1], mw, aw, bw)
 
 
 @helper
@@ -137,7 +139,8 @@ def affine2_run(gr, xr, o, a, b, m, k):
 
 
 @helper
-def _affine2_row(gr, xr, o, aw, bw, mw, kw):
+def affine2_row(gr, xr, o, aw, bw, mw, kw):
+    """``o = dy * aw + (x - mw) * bw + kw`` element by element."""
     for j in range(xr.shape[0]):
         o[j] = gr[j] * aw[j] + (xr[j] - mw[j]) * bw[j] + kw[j]
 
@@ -169,10 +172,10 @@ def _affine2(dy, x, a, b, m, k, out, chunk, row_block):
         if reps > 1:  # whole rows: reps of them per sweep
             for r in range(r0, r1, reps):
                 e = min(r1, r + reps)
-                _affine2_row(gf[r * W:e * W], xf[r * W:e * W], of[r * W:e * W], aw, bw, mw, kw)
+                affine2_row(gf[r * W:e * W], xf[r * W:e * W], of[r * W:e * W], aw, bw, mw, kw)
         else:
             for r in range(r0, r1):
-                _affine2_row(g2[r, j0:j1], x2[r, j0:j1], o2[r, j0:j1], aw, bw, mw, kw)
+                affine2_row(g2[r, j0:j1], x2[r, j0:j1], o2[r, j0:j1], aw, bw, mw, kw)
 
 
 #: ``affine(x, m, a, b, out, chunk, row_block)``: ``out = (x - m[c]) * a[c] + b[c]``;

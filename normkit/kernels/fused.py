@@ -26,12 +26,13 @@ from numba import prange
 
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
-from .elementwise import _affine2_row, _affine_row, affine2_run, affine_run, expand
+from .elementwise import affine2_row, affine2_run, affine_row, affine_run, expand
 from .reduce import channel_moments, finish_moments, run_moments, run_sums
 
 __all__ = [
-    "block_backward_par", "block_backward_ser", "channel_backward_par", "channel_backward_ser", "channel_forward_par", "channel_forward_ser",
-    "group_backward_par", "group_backward_ser", "group_forward_par", "group_forward_ser",
+    "block_backward_par", "block_backward_ser", "channel_backward_par", "channel_backward_ser",
+    "channel_forward_par", "channel_forward_ser", "group_backward_par", "group_backward_ser",
+    "group_forward_par", "group_forward_ser",
 ]
 
 
@@ -131,10 +132,10 @@ def _block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb):
             kw = expand(cw[3], 0, c1 - c0, L, x.dtype)
             if batch_stats:
                 for p in range(P):
-                    _affine2_row(g2[p, j0:j1], x2[p, j0:j1], o2[p, j0:j1], aw, qw, mw, kw)
+                    affine2_row(g2[p, j0:j1], x2[p, j0:j1], o2[p, j0:j1], aw, qw, mw, kw)
             else:  # dx = a * dy (q = k = 0)
                 for p in range(P):
-                    _affine_row(g2[p, j0:j1], o2[p, j0:j1], qw, aw, kw)
+                    affine_row(g2[p, j0:j1], o2[p, j0:j1], qw, aw, kw)
     return dw, db
 
 
