@@ -152,7 +152,7 @@ def _moments2(x, cfg):
     shift = _shifts(x)
     s1 = np.empty(C)
     s2 = np.empty(C)
-    _SUMS(x, x, shift, shift, s1, s2, cfg[0], cfg[1], cfg[2], cfg[3])  # noqa: F821
+    _SUMS(x, x, shift, shift, s1, s2, cfg[0], cfg[1], cfg[2], cfg[3], True)  # noqa: F821
     mean = np.empty(C)
     var = np.empty(C)
     for c in range(C):
@@ -179,7 +179,7 @@ def _grad_sums2(dy, x, mean, cfg):
     C = x.shape[1]
     s1 = np.empty(C)
     s2 = np.empty(C)
-    _SUMS(dy, x, np.zeros(C), mean, s1, s2, cfg[0], cfg[1], cfg[2], cfg[3])  # noqa: F821
+    _SUMS(dy, x, np.zeros(C), mean, s1, s2, cfg[0], cfg[1], cfg[2], cfg[3], False)  # noqa: F821
     return s1, s2
 
 

@@ -133,7 +133,18 @@ def _col_rows(u, v, uw, vw, r0, r1, j0, nj, a1, a2):
             a2[j] += d * (vr[j] - vw[j])
 
 
-def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max):
+@helper
+def _col_rows_sq(u, uw, r0, r1, j0, nj, a1, a2):
+    """:func:`_col_rows` for ``u = v`` with one shift (the forward statistics): half the loads."""
+    for r in range(r0, r1):
+        ur = u[r, j0:j0 + nj]
+        for j in range(nj):
+            d = ur[j] - uw[j]
+            a1[j] += d
+            a2[j] += d * d
+
+
+def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max, square):
     P, C, L = u.shape
     if L >= ROW_MIN:  # rows pattern
         K = max(1, (L + chunk - 1) // chunk)
@@ -141,7 +152,10 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max):
         p2 = np.empty((P, C, K))
         for t in prange(P * C * K):
             p, c, lo, n = task_bounds(t, C, K, L, chunk)
-            a, b = _row_run(u[p, c, lo:lo + n], v[p, c, lo:lo + n], us[c], vs[c])
+            if square:
+                a, b = run_moments(u[p, c, lo:lo + n], us[c])
+            else:
+                a, b = _row_run(u[p, c, lo:lo + n], v[p, c, lo:lo + n], us[c], vs[c])
             p1[p, c, t % K] = a
             p2[p, c, t % K] = b
         s1[:] = 0.0  # little work per channel: a parallel region would cost more
@@ -169,8 +183,12 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max):
         tr = t // nblocks
         j0 = (t % nblocks) * block
         nj = min(block, W - j0)
-        _col_rows(u2, v2, uw[j0:j0 + nj], vw[j0:j0 + nj], tr * P // row_tasks, (tr + 1) * P // row_tasks,
-                  j0, nj, p1[tr, j0:j0 + nj], p2[tr, j0:j0 + nj])
+        r0 = tr * P // row_tasks
+        r1 = (tr + 1) * P // row_tasks
+        if square:
+            _col_rows_sq(u2, uw[j0:j0 + nj], r0, r1, j0, nj, p1[tr, j0:j0 + nj], p2[tr, j0:j0 + nj])
+        else:
+            _col_rows(u2, v2, uw[j0:j0 + nj], vw[j0:j0 + nj], r0, r1, j0, nj, p1[tr, j0:j0 + nj], p2[tr, j0:j0 + nj])
     s1[:] = 0.0
     s2[:] = 0.0
     for t in range(row_tasks):
@@ -179,7 +197,8 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max):
             s2[j // L] += p2[t, j]
 
 
-#: ``sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max)``: writes the
+#: ``sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max, square)``: writes the
 #: per-channel ``s1``, ``s2`` (float64 ``(C,)``) of ``(P, C, L)`` views ``u``, ``v``
-#: (one shape and dtype; they may be the same array) with float64 shifts ``us``, ``vs``.
+#: (one shape and dtype) with float64 shifts ``us``, ``vs``; ``square=True`` promises
+#: ``u is v`` and ``us is vs`` (the forward statistics) and reads them once.
 sums_par, sums_ser = twin(_sums)
