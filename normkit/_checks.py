@@ -72,7 +72,7 @@ def check_floating(layer: str, dtype_name: str, is_floating: bool) -> None:
 
 def reduced_count(shape: Sequence[int], axis: int) -> int:
     """Number of values averaged per channel: the product of every size but the channel's."""
-    return math.prod(s for i, s in enumerate(shape) if i != axis)
+    return math.prod([s for i, s in enumerate(shape) if i != axis])  # a list: torch.compile traces it
 
 
 def check_training_batch(layer: str, shape: Sequence[int], axis: int) -> None:

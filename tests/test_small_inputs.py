@@ -117,3 +117,20 @@ def test_errors_on_small_inputs_leave_the_state_untouched():
         F.batch_norm(torch.randn(4, 3, 2, 2), bn.running_mean, bn.running_var, bn.weight.double(), None, True)
     for k, v in bn.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+def test_small_path_under_compile_and_export():
+    """Traced small inputs go through torch.batch_norm: torch.compile and torch.export
+    see one native op and match eager, buffers and counter included."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5)
+    eager = nkn.BatchNorm2d(3)
+    compiled_module = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_module, backend="eager", fullgraph=True)
+    for _ in range(2):
+        torch.testing.assert_close(compiled(x), eager(x))
+    for name, b in eager.named_buffers():
+        torch.testing.assert_close(dict(compiled_module.named_buffers())[name], b)
+    eager.eval()
+    exported = torch.export.export(eager, (x,))
+    torch.testing.assert_close(exported.module()(x), eager(x))

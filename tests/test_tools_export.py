@@ -79,3 +79,36 @@ def test_onnx_export_runs_in_onnxruntime(make, shape, tmp_path):
     (out,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-5, atol=1e-5)
+
+
+TRAINING = {
+    "BatchNorm1d": (lambda: nkn.BatchNorm1d(6), (8, 6)),
+    "BatchNorm2d": (lambda: nkn.BatchNorm2d(3), (4, 3, 5, 5)),
+    "BatchNorm2d cumulative": (lambda: nkn.BatchNorm2d(3, momentum=None), (4, 3, 5, 5)),
+    "LayerNorm": (lambda: nkn.LayerNorm(16), (4, 16)),
+    "RMSNorm": (lambda: nkn.RMSNorm(16), (4, 16)),
+    "GroupNorm": (lambda: nkn.GroupNorm(2, 4), (2, 4, 5, 5)),
+    "InstanceNorm2d": (lambda: nkn.InstanceNorm2d(4, affine=True, track_running_stats=True), (2, 4, 5, 5)),
+    "BatchRenorm2d": (lambda: nkn.BatchRenorm2d(3), (4, 3, 5, 5)),
+    "GhostBatchNorm2d": (lambda: nkn.GhostBatchNorm2d(3, virtual_batch_size=2), (4, 3, 5, 5)),
+    "BatchNormAct2d": (lambda: nkn.BatchNormAct2d(3), (4, 3, 5, 5)),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAINING))
+def test_training_mode_compiles_as_one_graph(name):
+    """torch.compile(fullgraph=True) in training mode: no graph break in normkit's
+    validation or bookkeeping; outputs and running statistics match eager."""
+    import copy
+
+    torch._dynamo.reset()
+    make, shape = TRAINING[name]
+    torch.manual_seed(0)
+    eager = make().train()
+    traced = copy.deepcopy(eager)
+    compiled = torch.compile(traced, backend="eager", fullgraph=True)
+    for _ in range(2):
+        x = torch.randn(*shape) * 2 + 1
+        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
+    for key, value in eager.state_dict().items():
+        torch.testing.assert_close(traced.state_dict()[key], value, rtol=1e-5, atol=1e-5)
