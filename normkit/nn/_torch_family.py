@@ -63,6 +63,21 @@ def per_channel(v: Optional[torch.Tensor], ndim: int) -> Optional[torch.Tensor]:
     return None if v is None else v.reshape([-1] + [1] * (ndim - 2))
 
 
+def _statistics(
+    xc: torch.Tensor, mean_fn: MeanFn, center: bool, stats: Optional[Tuple[torch.Tensor, torch.Tensor]]
+) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    """``(mean, var)`` in ``xc``'s dtype: ``stats`` if given, else two-pass ``mean_fn``
+    statistics of ``xc``; uncentred (``center=False``, no ``stats``): ``mean`` is None
+    and ``var`` the mean square."""
+    if stats is not None:
+        mean, var = stats
+        return mean.to(xc.dtype), var.to(xc.dtype)
+    if not center:
+        return None, mean_fn(xc.square())
+    mean = mean_fn(xc)
+    return mean, mean_fn((xc - mean).square())
+
+
 def normalize(
     x: torch.Tensor,
     mean_fn: MeanFn,
@@ -80,15 +95,10 @@ def normalize(
     (already shaped by the caller). ``y`` has ``x``'s dtype.
     """
     xc = x.to(compute_dtype(x.dtype))
-    if stats is not None:
-        mean, var = (s.to(xc.dtype) for s in stats)
-    elif center:
-        mean = mean_fn(xc)
-        var = mean_fn((xc - mean).square())
-    else:
+    mean, var = _statistics(xc, mean_fn, center, stats)
+    y = (xc if mean is None else xc - mean) * torch.rsqrt(var + eps)
+    if mean is None:
         mean = torch.zeros((), dtype=xc.dtype, device=xc.device)
-        var = mean_fn(xc.square())
-    y = (xc - mean) * torch.rsqrt(var + eps) if center or stats is not None else xc * torch.rsqrt(var + eps)
     if weight is not None:
         y = y * weight.to(xc.dtype)
     if bias is not None:
@@ -120,14 +130,7 @@ def normalize_backward(
     """
     xc = x.to(compute_dtype(x.dtype))
     dyc = dy.to(xc.dtype)
-    if stats is not None:
-        mean, var = (s.to(xc.dtype) for s in stats)
-    elif center:
-        mean = mean_fn(xc)
-        var = mean_fn((xc - mean).square())
-    else:
-        mean = None
-        var = mean_fn(xc.square())
+    mean, var = _statistics(xc, mean_fn, center, stats)
     rstd = torch.rsqrt(var + eps)
     x_hat = (xc if mean is None else xc - mean) * rstd
     g = dyc if weight is None else dyc * weight.to(xc.dtype)
