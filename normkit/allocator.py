@@ -34,6 +34,8 @@ import ctypes
 import ctypes.util
 import sys
 
+from .kernels import stream
+
 __all__ = ["HUGE_PAGE_MIN", "advise_huge_pages", "huge_pages", "keep_freed_memory"]
 
 #: Smallest output (bytes) that normkit advises as huge-page memory.
@@ -106,10 +108,14 @@ def keep_freed_memory(enable: bool = True) -> bool:
 
     Affects every allocation of the process from now on (torch, NumPy, normkit).
     Returns False, and changes nothing, where glibc's ``mallopt`` is unavailable
-    (macOS, Windows, musl).
+    (macOS, Windows, musl). With freed memory kept, normkit also writes outputs
+    above 32 MiB with streaming stores (:mod:`normkit.kernels.stream`).
     """
     lib = _libc()
     if lib is None:
         return False
     mmap_max, trim = (0, 2**31 - 1) if enable else (_DEFAULT_MMAP_MAX, _DEFAULT_TRIM)
-    return bool(lib.mallopt(_M_MMAP_MAX, mmap_max)) and bool(lib.mallopt(_M_TRIM_THRESHOLD, trim))
+    done = bool(lib.mallopt(_M_MMAP_MAX, mmap_max)) and bool(lib.mallopt(_M_TRIM_THRESHOLD, trim))
+    if done:  # reused blocks are not freshly zeroed: large outputs gain from streaming stores
+        stream.reused_memory(enable)
+    return done

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import normkit.kernels.norm as norm
 import normkit.kernels.rowwise as rowwise
+import normkit.kernels.stream as stream
 from normkit.kernels import grouped
 from normkit.reference.groupnorm import group_norm, group_norm_backward
 from normkit.reference.instancenorm import instance_norm, instance_norm_backward, instance_norm_running_stats
@@ -161,17 +162,24 @@ def test_reference_instance_norm_matches_torch(shape, use_input_stats):
 
 
 @contextlib.contextmanager
-def patterns(fuse_max=None, chunk=None, par=False, task_elems=None):
-    """Set the row kernels' thresholds, and the parallel threshold, for one example (restored after)."""
-    saved = (rowwise.ROW_FUSE_MAX, rowwise.ROW_CHUNK, rowwise.TASK_ELEMS, norm.PARALLEL_MIN)
+def patterns(fuse_max=None, chunk=None, par=False, task_elems=None, streamed=False):
+    """Set the row kernels' thresholds, the parallel threshold, and whether every output
+    is written with streaming stores, for one example (restored after)."""
+    saved = (rowwise.ROW_FUSE_MAX, rowwise.ROW_CHUNK, rowwise.TASK_ELEMS, norm.PARALLEL_MIN, stream.STREAM_MIN_BYTES)
     rowwise.ROW_FUSE_MAX = saved[0] if fuse_max is None else fuse_max
     rowwise.ROW_CHUNK = saved[1] if chunk is None else chunk
     rowwise.TASK_ELEMS = saved[2] if task_elems is None else task_elems
     norm.PARALLEL_MIN = 0 if par else saved[3]
+    stream.STREAM_MIN_BYTES = 0 if streamed else saved[4]
     try:
         yield
     finally:
-        rowwise.ROW_FUSE_MAX, rowwise.ROW_CHUNK, rowwise.TASK_ELEMS, norm.PARALLEL_MIN = saved
+        rowwise.ROW_FUSE_MAX, rowwise.ROW_CHUNK, rowwise.TASK_ELEMS, norm.PARALLEL_MIN, stream.STREAM_MIN_BYTES = saved
+
+
+def streamed(seed):
+    """Half of the examples (by seed) write their outputs with streaming stores."""
+    return seed % 2 == 0
 
 
 @st.composite
@@ -200,7 +208,8 @@ def _row_data(R, D, dtype, offset, scale, affine, seed):
 @given(row_cases())
 def test_row_kernels_match_reference_layer_norm(case):
     R, D, dtype, chunked, par, offset, scale, affine, seed = case
-    with patterns(fuse_max=D - 1 if chunked else rowwise.ROW_FUSE_MAX, chunk=7, par=par, task_elems=8):
+    with patterns(fuse_max=D - 1 if chunked else rowwise.ROW_FUSE_MAX, chunk=7, par=par, task_elems=8,
+                  streamed=streamed(seed)):
         x, w, b, dy = _row_data(R, D, dtype, offset, scale, affine, seed)
         y = np.empty_like(x)
         mean, var, rstd = rowwise.row_forward(x, w, b, 1e-5, y, center=True)
@@ -224,7 +233,8 @@ def test_row_kernels_match_reference_layer_norm(case):
 @given(row_cases())
 def test_row_kernels_match_reference_rms_norm(case):
     R, D, dtype, chunked, par, offset, scale, affine, seed = case
-    with patterns(fuse_max=D - 1 if chunked else rowwise.ROW_FUSE_MAX, chunk=5, par=par, task_elems=8):
+    with patterns(fuse_max=D - 1 if chunked else rowwise.ROW_FUSE_MAX, chunk=5, par=par, task_elems=8,
+                  streamed=streamed(seed)):
         x, w, _, dy = _row_data(R, D, dtype, offset, scale, affine, seed)
         y = np.empty_like(x)
         mean, ms, rstd = rowwise.row_forward(x, w, None, 1e-6, y, center=False)
@@ -317,7 +327,7 @@ def _back(a, channels_last):
 @given(grouped_cases())
 def test_group_kernels_match_reference(case):
     N, G, Cg, L, dtype, cl, par, offset, scale, affine, seed = case
-    with patterns(par=par):
+    with patterns(par=par, streamed=streamed(seed)):
         C = G * Cg
         x, dy, xk, dyk, w, b = _grouped_data(N, C, L, dtype, cl, offset, scale, affine, seed)
         y = np.empty_like(xk)
@@ -338,7 +348,7 @@ def test_group_kernels_match_reference(case):
 @given(grouped_cases(), st.booleans())
 def test_instance_kernels_match_reference(case, use_input_stats):
     N, _, C, L, dtype, cl, par, offset, scale, affine, seed = case
-    with patterns(par=par):
+    with patterns(par=par, streamed=streamed(seed)):
         x, dy, xk, dyk, w, b = _grouped_data(N, C, L, dtype, cl, offset, scale, affine, seed)
         rng = np.random.default_rng(seed + 1)
         rm, rv = rng.normal(size=C) * scale + offset, rng.uniform(0.5, 2.0, C) * scale**2

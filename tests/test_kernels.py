@@ -10,6 +10,7 @@ import numba
 import normkit.kernels.elementwise as elementwise
 import normkit.kernels.norm as norm
 import normkit.kernels.reduce as reduce
+import normkit.kernels.stream as stream
 from normkit import reference as ref
 from normkit.numpy import batch_norm, batch_norm_backward
 
@@ -153,11 +154,13 @@ def test_constant_channel_gives_bias(layout, dtype):
 
 
 @pytest.mark.parametrize("fused", ["two-pass", "per-channel", "short-run blocks"])
-@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize("parallel,streamed", [(True, False), (True, True), (False, True)])
 @pytest.mark.parametrize("shape", [(3, 4, 50), (2, 8, 40), (2, 3, 7), (2, 4, 300), (1000, 3, 1), (5, 2100, 1)])
-def test_split_work_agrees(monkeypatch, shape, parallel, fused):
+def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused):
     """Tiny chunk and block sizes force every run to be split across tasks; each
-    backward form (two-pass, per-channel fused, short-run blocks) where it applies."""
+    backward form (two-pass, per-channel fused, short-run blocks) where it applies;
+    outputs written with ordinary or streaming stores (runs shorter than, and
+    straddling, cache lines)."""
     rng = np.random.default_rng(2)
     x = rng.normal(3.0, 2.0, shape)
     dy = rng.normal(size=shape)
@@ -172,6 +175,7 @@ def test_split_work_agrees(monkeypatch, shape, parallel, fused):
     monkeypatch.setattr(norm, "SHORT_BACKWARD_RUN", 1 << 40 if fused == "short-run blocks" else 0)
     monkeypatch.setattr(norm, "SHORT_BACKWARD_COLS", 16)  # several channel blocks where there are channels
     monkeypatch.setattr(norm, "_num_threads", lambda: 1)  # fusion needs 2 channels per thread
+    monkeypatch.setattr(stream, "STREAM_MIN_BYTES", 0 if streamed else 1 << 40)
     y, mean, var = batch_norm(x)
     dx, dw, db = batch_norm_backward(dy, x, mean, var)
     np.testing.assert_allclose(mean, mean_ref, rtol=1e-12)

@@ -21,6 +21,10 @@ Two memory patterns, by the length ``L`` of the contiguous runs:
   a range of rows); a task expands its channels' coefficients along the block's
   ``cb*L`` columns once and streams its rows through them, so the vector loops
   run over long row segments instead of ending every ``L`` elements.
+
+Both write through :func:`.stream.stream_map`: with ``nt`` true (large outputs,
+decided by the entry points) whole cache lines are stored non-temporally, and
+each worker's span of tasks ends with a fence.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from numba import prange
 
 from ._jit import helper, twin
 from .reduce import task_bounds
+from .stream import fence, span, stream_map, workers
 
 __all__ = [
-    "BLOCK_COLS", "ROW_BLOCK_ELEMS", "SHORT_RUN", "affine2_row", "affine_row", "block_channels", "block_task",
-    "block_tasks", "expand", "affine_par", "affine_ser", "affine2_par", "affine2_ser", "affine_run", "affine2_run",
+    "AFFINE", "AFFINE2", "BLOCK_COLS", "ROW_BLOCK_ELEMS", "SHORT_RUN", "affine", "affine2", "affine2_par",
+    "affine2_ser", "affine_par", "affine_ser", "block_channels", "block_task", "block_tasks", "expand",
 ]
 
 #: Elements of the (P, C*L) matrix handled per task in the blocks pattern.
@@ -89,26 +94,38 @@ def block_tasks(P, C, L, row_block):
     return cb, reps, rows, ((C + cb - 1) // cb) * ((P + rows - 1) // rows)
 
 
-@helper
-def affine_run(xr, o, m, a, b):
-    for i in range(xr.shape[0]):
-        o[i] = (xr[i] - m) * a + b
+#: ``y = (x - m) * a + b``: the forward, and ``dx = a * dy`` with ``m = b = 0``.
+AFFINE = "0 1 - 2 * 3 +"
+#: ``dx = dy * a + (x - m) * b + k``.
+AFFINE2 = "0 2 * 1 4 - 3 * + 5 +"
 
 
 @helper
-def affine_row(xr, o, mw, aw, bw):
-    """``o = (x - mw) * aw + bw`` element by element (coefficient vectors at least as long as ``xr``)."""
-    for j in range(xr.shape[0]):
-        o[j] = (xr[j] - mw[j]) * aw[j] + bw[j]
+def affine(xr, o, m, a, b, nt):
+    """``o = (x - m) * a + b`` over a contiguous run; ``m``, ``a``, ``b`` scalars or
+    coefficient vectors at least as long as ``xr``. ``nt``: streaming stores
+    (:mod:`.stream`; the caller fences)."""
+    stream_map(AFFINE, o, (xr, m, a, b), nt)
 
 
-def _affine(x, m, a, b, out, chunk, row_block):
+@helper
+def affine2(gr, xr, o, a, b, m, k, nt):
+    """``o = dy * a + (x - m) * b + k`` over a contiguous run (scalars or vectors)."""
+    stream_map(AFFINE2, o, (gr, xr, a, b, m, k), nt)
+
+
+def _affine(x, m, a, b, out, chunk, row_block, nt):
     P, C, L = x.shape
     if L > SHORT_RUN:
         K = max(1, (L + chunk - 1) // chunk)
-        for t in prange(P * C * K):
-            p, c, lo, n = task_bounds(t, C, K, L, chunk)
-            affine_run(x[p, c, lo:lo + n], out[p, c, lo:lo + n], m[c], a[c], b[c])
+        tasks = P * C * K
+        nw = workers(tasks)
+        for w in prange(nw):
+            t0, t1 = span(w, nw, tasks)
+            for t in range(t0, t1):
+                p, c, lo, n = task_bounds(t, C, K, L, chunk)
+                affine(x[p, c, lo:lo + n], out[p, c, lo:lo + n], m[c], a[c], b[c], nt)
+            fence(nt)
         return
     W = C * L
     x2 = x.reshape(P, W)
@@ -116,42 +133,38 @@ def _affine(x, m, a, b, out, chunk, row_block):
     xf = x.reshape(P * W)
     of = out.reshape(P * W)
     cb, reps, rows, tasks = block_tasks(P, C, L, row_block)
-    for t in prange(tasks):
-        c0, c1, r0, r1 = block_task(t, C, L, P, cb, rows)
-        j0 = c0 * L
-        j1 = c1 * L
-        mw = expand(m, c0, c1, L, x.dtype, reps)
-        aw = expand(a, c0, c1, L, x.dtype, reps)
-        bw = expand(b, c0, c1, L, x.dtype, reps)
-        if reps > 1:  # whole rows: reps of them per sweep
-            for r in range(r0, r1, reps):
-                e = min(r1, r + reps)
-                affine_row(xf[r * W:e * W], of[r * W:e * W], mw, aw, bw)
-        else:
-            for r in range(r0, r1):
-                affine_row(x2[r, j0:j1], o2[r, j0:j1], mw, aw, bw)
+    nw = workers(tasks)
+    for w in prange(nw):
+        t0, t1 = span(w, nw, tasks)
+        for t in range(t0, t1):
+            c0, c1, r0, r1 = block_task(t, C, L, P, cb, rows)
+            j0 = c0 * L
+            j1 = c1 * L
+            mw = expand(m, c0, c1, L, x.dtype, reps)
+            aw = expand(a, c0, c1, L, x.dtype, reps)
+            bw = expand(b, c0, c1, L, x.dtype, reps)
+            if reps > 1:  # whole rows: reps of them per sweep
+                for r in range(r0, r1, reps):
+                    e = min(r1, r + reps)
+                    affine(xf[r * W:e * W], of[r * W:e * W], mw, aw, bw, nt)
+            else:
+                for r in range(r0, r1):
+                    affine(x2[r, j0:j1], o2[r, j0:j1], mw, aw, bw, nt)
+        fence(nt)
 
 
-@helper
-def affine2_run(gr, xr, o, a, b, m, k):
-    for i in range(xr.shape[0]):
-        o[i] = gr[i] * a + (xr[i] - m) * b + k
-
-
-@helper
-def affine2_row(gr, xr, o, aw, bw, mw, kw):
-    """``o = dy * aw + (x - mw) * bw + kw`` element by element."""
-    for j in range(xr.shape[0]):
-        o[j] = gr[j] * aw[j] + (xr[j] - mw[j]) * bw[j] + kw[j]
-
-
-def _affine2(dy, x, a, b, m, k, out, chunk, row_block):
+def _affine2(dy, x, a, b, m, k, out, chunk, row_block, nt):
     P, C, L = x.shape
     if L > SHORT_RUN:
         K = max(1, (L + chunk - 1) // chunk)
-        for t in prange(P * C * K):
-            p, c, lo, n = task_bounds(t, C, K, L, chunk)
-            affine2_run(dy[p, c, lo:lo + n], x[p, c, lo:lo + n], out[p, c, lo:lo + n], a[c], b[c], m[c], k[c])
+        tasks = P * C * K
+        nw = workers(tasks)
+        for w in prange(nw):
+            t0, t1 = span(w, nw, tasks)
+            for t in range(t0, t1):
+                p, c, lo, n = task_bounds(t, C, K, L, chunk)
+                affine2(dy[p, c, lo:lo + n], x[p, c, lo:lo + n], out[p, c, lo:lo + n], a[c], b[c], m[c], k[c], nt)
+            fence(nt)
         return
     W = C * L
     g2 = dy.reshape(P, W)
@@ -161,26 +174,30 @@ def _affine2(dy, x, a, b, m, k, out, chunk, row_block):
     xf = x.reshape(P * W)
     of = out.reshape(P * W)
     cb, reps, rows, tasks = block_tasks(P, C, L, row_block)
-    for t in prange(tasks):
-        c0, c1, r0, r1 = block_task(t, C, L, P, cb, rows)
-        j0 = c0 * L
-        j1 = c1 * L
-        aw = expand(a, c0, c1, L, x.dtype, reps)
-        bw = expand(b, c0, c1, L, x.dtype, reps)
-        mw = expand(m, c0, c1, L, x.dtype, reps)
-        kw = expand(k, c0, c1, L, x.dtype, reps)
-        if reps > 1:  # whole rows: reps of them per sweep
-            for r in range(r0, r1, reps):
-                e = min(r1, r + reps)
-                affine2_row(gf[r * W:e * W], xf[r * W:e * W], of[r * W:e * W], aw, bw, mw, kw)
-        else:
-            for r in range(r0, r1):
-                affine2_row(g2[r, j0:j1], x2[r, j0:j1], o2[r, j0:j1], aw, bw, mw, kw)
+    nw = workers(tasks)
+    for w in prange(nw):
+        t0, t1 = span(w, nw, tasks)
+        for t in range(t0, t1):
+            c0, c1, r0, r1 = block_task(t, C, L, P, cb, rows)
+            j0 = c0 * L
+            j1 = c1 * L
+            aw = expand(a, c0, c1, L, x.dtype, reps)
+            bw = expand(b, c0, c1, L, x.dtype, reps)
+            mw = expand(m, c0, c1, L, x.dtype, reps)
+            kw = expand(k, c0, c1, L, x.dtype, reps)
+            if reps > 1:  # whole rows: reps of them per sweep
+                for r in range(r0, r1, reps):
+                    e = min(r1, r + reps)
+                    affine2(gf[r * W:e * W], xf[r * W:e * W], of[r * W:e * W], aw, bw, mw, kw, nt)
+            else:
+                for r in range(r0, r1):
+                    affine2(g2[r, j0:j1], x2[r, j0:j1], o2[r, j0:j1], aw, bw, mw, kw, nt)
+        fence(nt)
 
 
-#: ``affine(x, m, a, b, out, chunk, row_block)``: ``out = (x - m[c]) * a[c] + b[c]``;
-#: ``m``, ``a``, ``b`` in ``x``'s dtype.
+#: ``affine(x, m, a, b, out, chunk, row_block, nt)``: ``out = (x - m[c]) * a[c] + b[c]``;
+#: ``m``, ``a``, ``b`` in ``x``'s dtype; ``nt``: streaming stores (:mod:`.stream`).
 affine_par, affine_ser = twin(_affine)
-#: ``affine2(dy, x, a, b, m, k, out, chunk, row_block)``:
+#: ``affine2(dy, x, a, b, m, k, out, chunk, row_block, nt)``:
 #: ``out = a[c] * dy + b[c] * (x - m[c]) + k[c]``, every array of one dtype.
 affine2_par, affine2_ser = twin(_affine2)

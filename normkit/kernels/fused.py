@@ -26,8 +26,9 @@ from numba import prange
 
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
-from .elementwise import affine2_row, affine2_run, affine_row, affine_run, expand
+from .elementwise import affine, affine2, expand
 from .reduce import channel_moments, finish_moments, run_moments, run_sums
+from .stream import fence, span, workers
 
 __all__ = [
     "block_backward_par", "block_backward_ser", "channel_backward_par", "channel_backward_ser",
@@ -36,53 +37,60 @@ __all__ = [
 ]
 
 
-def _channel_forward(x, w, b, eps, out):
+def _channel_forward(x, w, b, eps, out, nt):
     P, C, L = x.shape
-    n = P * L
     mean = np.empty(C)
     var = np.empty(C)
     rstd = np.empty(C)
     scratch = np.empty((C, 3), x.dtype)  # per-task coefficients (no allocation inside the loop)
-    for c in prange(C):
-        mu, v = channel_moments(x, c)
-        r = 1.0 / np.sqrt(v + eps)
-        mean[c] = mu
-        var[c] = v
-        rstd[c] = r
-        co = scratch[c]
-        forward_coefs(mu, r, w, b, c, co)
-        m, a, s = co[0], co[1], co[2]
-        for p in range(P):
-            affine_run(x[p, c], out[p, c], m, a, s)
+    nw = workers(C)
+    for wk in prange(nw):
+        c0, c1 = span(wk, nw, C)
+        for c in range(c0, c1):
+            mu, v = channel_moments(x, c)
+            r = 1.0 / np.sqrt(v + eps)
+            mean[c] = mu
+            var[c] = v
+            rstd[c] = r
+            co = scratch[c]
+            forward_coefs(mu, r, w, b, c, co)
+            m, a, s = co[0], co[1], co[2]
+            for p in range(P):
+                affine(x[p, c], out[p, c], m, a, s, nt)
+        fence(nt)
     return mean, var, rstd
 
 
-def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx):
+def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, nt):
     P, C, L = x.shape
     n = P * L
     dw = np.empty(C)
     db = np.empty(C)
     scratch = np.empty((C, 4), x.dtype)
-    for c in prange(C):
-        s1 = 0.0
-        s2 = 0.0
-        mc = mean[c]
-        for p in range(P):
-            a1, a2 = run_sums(dy[p, c], x[p, c], 0.0, mc)
-            s1 += a1
-            s2 += a2
-        dw[c] = s2 * rstd[c]
-        db[c] = s1
-        if need_dx:
-            co = scratch[c]
-            backward_coefs(mc, rstd[c], w, c, s1, s2, n, batch_stats, co)
-            a, q, m, k = co[0], co[1], co[2], co[3]
-            if batch_stats:
-                for p in range(P):
-                    affine2_run(dy[p, c], x[p, c], dx[p, c], a, q, m, k)
-            else:  # dx = a * dy (q = k = 0)
-                for p in range(P):
-                    affine_run(dy[p, c], dx[p, c], q, a, k)
+    nw = workers(C)
+    for wk in prange(nw):
+        c0, c1 = span(wk, nw, C)
+        for c in range(c0, c1):
+            s1 = 0.0
+            s2 = 0.0
+            mc = mean[c]
+            for p in range(P):
+                a1, a2 = run_sums(dy[p, c], x[p, c], 0.0, mc)
+                s1 += a1
+                s2 += a2
+            dw[c] = s2 * rstd[c]
+            db[c] = s1
+            if need_dx:
+                co = scratch[c]
+                backward_coefs(mc, rstd[c], w, c, s1, s2, n, batch_stats, co)
+                a, q, m, k = co[0], co[1], co[2], co[3]
+                if batch_stats:
+                    for p in range(P):
+                        affine2(dy[p, c], x[p, c], dx[p, c], a, q, m, k, nt)
+                else:  # dx = a * dy (q = k = 0)
+                    for p in range(P):
+                        affine(dy[p, c], dx[p, c], q, a, k, nt)
+        fence(nt)
     return dw, db
 
 
@@ -99,58 +107,76 @@ def _column_sums(g2, x2, mw, r0, r1, j0, a1, a2):
             a2[j] += g * (xr[j] - mw[j])
 
 
-def _block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb):
+def _block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb, nt):
     P, C, L = x.shape
     n = P * L
     g2 = dy.reshape(P, C * L)
     x2 = x.reshape(P, C * L)
+    o2 = dx.reshape(P, C * L) if need_dx else g2[:0]
     dw = np.empty(C)
     db = np.empty(C)
-    for t in prange((C + cb - 1) // cb):
-        c0 = t * cb
-        c1 = min(C, c0 + cb)
-        j0 = c0 * L
-        j1 = c1 * L
-        a1 = np.zeros(j1 - j0)
-        a2 = np.zeros(j1 - j0)
-        _column_sums(g2, x2, expand(mean, c0, c1, L, np.float64), 0, P, j0, a1, a2)
-        co = np.empty(4, x.dtype)
-        cw = np.empty((4, c1 - c0), x.dtype)  # the block's per-channel (a, q, m, k)
-        for c in range(c0, c1):
-            s1 = a1[(c - c0) * L:(c - c0 + 1) * L].sum()
-            s2 = a2[(c - c0) * L:(c - c0 + 1) * L].sum()
-            dw[c] = s2 * rstd[c]
-            db[c] = s1
-            backward_coefs(mean[c], rstd[c], w, c, s1, s2, n, batch_stats, co)
-            for i in range(4):
-                cw[i, c - c0] = co[i]
-        if need_dx:
-            o2 = dx.reshape(P, C * L)
-            aw = expand(cw[0], 0, c1 - c0, L, x.dtype)
-            qw = expand(cw[1], 0, c1 - c0, L, x.dtype)
-            mw = expand(cw[2], 0, c1 - c0, L, x.dtype)
-            kw = expand(cw[3], 0, c1 - c0, L, x.dtype)
-            if batch_stats:
-                for p in range(P):
-                    affine2_row(g2[p, j0:j1], x2[p, j0:j1], o2[p, j0:j1], aw, qw, mw, kw)
-            else:  # dx = a * dy (q = k = 0)
-                for p in range(P):
-                    affine_row(g2[p, j0:j1], o2[p, j0:j1], qw, aw, kw)
+    tasks = (C + cb - 1) // cb
+    nw = workers(tasks)
+    for wk in prange(nw):
+        t0, t1 = span(wk, nw, tasks)
+        for t in range(t0, t1):
+            _block_backward_task(g2, x2, mean, rstd, w, batch_stats, o2, need_dx, cb, t, n, dw, db, nt)
+        fence(nt)
     return dw, db
 
 
-#: ``block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb) -> (dweight, dbias)``:
+@helper
+def _block_backward_task(g2, x2, mean, rstd, w, batch_stats, o2, need_dx, cb, t, n, dw, db, nt):
+    """Block ``t`` (channels ``t*cb`` to ``t*cb + cb``) of :func:`_block_backward` over the
+    ``(P, C*L)`` matrices."""
+    P = g2.shape[0]
+    C = mean.shape[0]
+    L = g2.shape[1] // C
+    dtype = g2.dtype
+    c0 = t * cb
+    c1 = min(C, c0 + cb)
+    j0 = c0 * L
+    j1 = c1 * L
+    a1 = np.zeros(j1 - j0)
+    a2 = np.zeros(j1 - j0)
+    _column_sums(g2, x2, expand(mean, c0, c1, L, np.float64), 0, P, j0, a1, a2)
+    co = np.empty(4, dtype)
+    cw = np.empty((4, c1 - c0), dtype)  # the block's per-channel (a, q, m, k)
+    for c in range(c0, c1):
+        s1 = a1[(c - c0) * L:(c - c0 + 1) * L].sum()
+        s2 = a2[(c - c0) * L:(c - c0 + 1) * L].sum()
+        dw[c] = s2 * rstd[c]
+        db[c] = s1
+        backward_coefs(mean[c], rstd[c], w, c, s1, s2, n, batch_stats, co)
+        for i in range(4):
+            cw[i, c - c0] = co[i]
+    if not need_dx:
+        return
+    aw = expand(cw[0], 0, c1 - c0, L, dtype)
+    qw = expand(cw[1], 0, c1 - c0, L, dtype)
+    mw = expand(cw[2], 0, c1 - c0, L, dtype)
+    kw = expand(cw[3], 0, c1 - c0, L, dtype)
+    if batch_stats:
+        for p in range(P):
+            affine2(g2[p, j0:j1], x2[p, j0:j1], o2[p, j0:j1], aw, qw, mw, kw, nt)
+    else:  # dx = a * dy (q = k = 0)
+        for p in range(P):
+            affine(g2[p, j0:j1], o2[p, j0:j1], qw, aw, kw, nt)
+
+
+#: ``block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb, nt) -> (dweight, dbias)``:
 #: the short-run form of ``channel_backward``, ``cb`` channels per task.
 block_backward_par, block_backward_ser = twin(_block_backward)
 
 
-#: ``channel_forward(x, w, b, eps, out) -> (mean, var, rstd)``: training forward (float64 stats).
+#: ``channel_forward(x, w, b, eps, out, nt) -> (mean, var, rstd)``: training forward (float64 stats);
+#: ``nt``: streaming stores (:mod:`.stream`).
 channel_forward_par, channel_forward_ser = twin(_channel_forward)
-#: ``channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx) -> (dweight, dbias)``.
+#: ``channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, nt) -> (dweight, dbias)``.
 channel_backward_par, channel_backward_ser = twin(_channel_backward)
 
 
-def _group_forward(x, G, w, b, eps, out):
+def _group_forward(x, G, w, b, eps, out, nt):
     """GroupNorm on contiguous ``(N, C, L)``: one task per (sample, group) -- the
     group's ``Cg*L`` contiguous values are reduced, then each of its channels is
     applied with its own affine while the group is in cache."""
@@ -161,32 +187,36 @@ def _group_forward(x, G, w, b, eps, out):
     var = np.empty(N * G)
     rstd = np.empty(N * G)
     scratch = np.empty((N * G, 3), x.dtype)  # per-task coefficients (no allocation inside the loop)
-    for t in prange(N * G):
-        n = t // G
-        g = t % G
-        c0 = g * Cg
-        k = np.float64(x[n, c0, 0])
-        if not np.isfinite(k):
-            k = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(Cg):
-            a1, a2 = run_moments(x[n, c0 + j], k)
-            s1 += a1
-            s2 += a2
-        mu, v = finish_moments(s1, s2, k, n_vals)
-        r = 1.0 / np.sqrt(v + eps)
-        mean[t] = mu
-        var[t] = v
-        rstd[t] = r
-        co = scratch[t]
-        for j in range(Cg):
-            forward_coefs(mu, r, w, b, c0 + j, co)
-            affine_run(x[n, c0 + j], out[n, c0 + j], co[0], co[1], co[2])
+    nw = workers(N * G)
+    for wk in prange(nw):
+        t0, t1 = span(wk, nw, N * G)
+        for t in range(t0, t1):
+            n = t // G
+            g = t % G
+            c0 = g * Cg
+            k = np.float64(x[n, c0, 0])
+            if not np.isfinite(k):
+                k = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            for j in range(Cg):
+                a1, a2 = run_moments(x[n, c0 + j], k)
+                s1 += a1
+                s2 += a2
+            mu, v = finish_moments(s1, s2, k, n_vals)
+            r = 1.0 / np.sqrt(v + eps)
+            mean[t] = mu
+            var[t] = v
+            rstd[t] = r
+            co = scratch[t]
+            for j in range(Cg):
+                forward_coefs(mu, r, w, b, c0 + j, co)
+                affine(x[n, c0 + j], out[n, c0 + j], co[0], co[1], co[2], nt)
+        fence(nt)
     return mean, var, rstd
 
 
-def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2):
+def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
     """GroupNorm backward on contiguous ``(N, C, L)``: per (sample, group) the
     per-channel ``s1 = sum(dy)``, ``s2 = sum(dy * (x - mu))`` (written to ``s1``/``s2``,
     shape ``(N, C)``, for the parameter gradients), the group's weighted sums, then
@@ -195,34 +225,38 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2):
     Cg = C // G
     M = Cg * L
     scratch = np.empty((N * G, 4), x.dtype)  # per-task (a, q, m, k) rounded to x's dtype
-    for t in prange(N * G):
-        n = t // G
-        g = t % G
-        c0 = g * Cg
-        mu = mean[t]
-        r = rstd[t]
-        S1 = 0.0
-        S2 = 0.0
-        for j in range(Cg):
-            c = c0 + j
-            a1, a2 = run_sums(dy[n, c], x[n, c], 0.0, mu)
-            s1[n, c] = a1
-            s2[n, c] = a2
-            wc = 1.0 if w is None else np.float64(w[c])
-            S1 += wc * a1
-            S2 += wc * a2
-        q = -r * r * r * S2 / M
-        co = scratch[t]
-        co[1] = q
-        co[2] = mu
-        co[3] = -r * S1 / M + q * (np.float64(co[2]) - mu)
-        for j in range(Cg):
-            c = c0 + j
-            co[0] = r if w is None else r * w[c]
-            affine2_run(dy[n, c], x[n, c], dx[n, c], co[0], co[1], co[2], co[3])
+    nw = workers(N * G)
+    for wk in prange(nw):
+        t0, t1 = span(wk, nw, N * G)
+        for t in range(t0, t1):
+            n = t // G
+            g = t % G
+            c0 = g * Cg
+            mu = mean[t]
+            r = rstd[t]
+            S1 = 0.0
+            S2 = 0.0
+            for j in range(Cg):
+                c = c0 + j
+                a1, a2 = run_sums(dy[n, c], x[n, c], 0.0, mu)
+                s1[n, c] = a1
+                s2[n, c] = a2
+                wc = 1.0 if w is None else np.float64(w[c])
+                S1 += wc * a1
+                S2 += wc * a2
+            q = -r * r * r * S2 / M
+            co = scratch[t]
+            co[1] = q
+            co[2] = mu
+            co[3] = -r * S1 / M + q * (np.float64(co[2]) - mu)
+            for j in range(Cg):
+                c = c0 + j
+                co[0] = r if w is None else r * w[c]
+                affine2(dy[n, c], x[n, c], dx[n, c], co[0], co[1], co[2], co[3], nt)
+        fence(nt)
 
 
-#: ``group_forward(x, G, w, b, eps, out) -> (mean, var, rstd)`` of shape ``(N*G,)``.
+#: ``group_forward(x, G, w, b, eps, out, nt) -> (mean, var, rstd)`` of shape ``(N*G,)``.
 group_forward_par, group_forward_ser = twin(_group_forward)
-#: ``group_backward(dy, x, G, mean, rstd, w, dx, s1, s2)``: fills ``dx`` and the ``(N, C)`` sums.
+#: ``group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt)``: fills ``dx`` and the ``(N, C)`` sums.
 group_backward_par, group_backward_ser = twin(_group_backward)

@@ -43,6 +43,7 @@ import numpy as np
 import numba
 
 from . import fused, norm
+from .stream import streams
 
 __all__ = ["group_backward", "group_forward", "instance_backward", "instance_forward"]
 
@@ -192,7 +193,7 @@ def group_forward(
     Cg = C // G
     if _fused_groups(x, N, G, Cg, L, channels_last):
         run = fused.group_forward_par if x.size >= norm.PARALLEL_MIN else fused.group_forward_ser
-        mean, var, rstd = run(x, G, _vec(weight), _vec(bias), float(eps), out)
+        mean, var, rstd = run(x, G, _vec(weight), _vec(bias), float(eps), out, streams(out.nbytes))
         return mean.reshape(N, G), var.reshape(N, G), rstd.reshape(N, G)
     if not channels_last:
         mean, var = norm.moments(x.reshape(1, N * G, Cg * L))
@@ -241,7 +242,7 @@ def group_backward(
         run = fused.group_backward_par if x.size >= norm.PARALLEL_MIN else fused.group_backward_ser
         s1 = np.empty((N, C))
         s2 = np.empty((N, C))
-        run(dy, x, G, mean.reshape(-1), rstd.reshape(-1), _vec(weight), dx, s1, s2)
+        run(dy, x, G, mean.reshape(-1), rstd.reshape(-1), _vec(weight), dx, s1, s2, streams(dx.nbytes))
         return (s2 * np.repeat(rstd, Cg, axis=1)).sum(axis=0), s1.sum(axis=0)
     mean_c = np.repeat(mean, Cg, axis=1)
     rstd_c = np.repeat(rstd, Cg, axis=1)

@@ -38,6 +38,7 @@ from .fused import (
     channel_forward_ser,
 )
 from .reduce import ROW_MIN, channel_shift, finish_moments, sums_par, sums_ser
+from .stream import streams
 
 __all__ = [
     "FUSE_MAX_CHANNEL_BYTES", "PARALLEL_MIN", "apply_coefficients", "apply_coefficients2", "backward",
@@ -90,13 +91,15 @@ def short_backward_block(P: int, C: int, L: int, itemsize: int) -> int:
     return max(1, cb)
 
 
-def _config(x: np.ndarray, want_fused: bool = False):
+def _config(x: np.ndarray, want_fused: bool = False, out: Optional[np.ndarray] = None):
     """(parallel?, fused?, the tuning tuple the compiled code reads); ``fused`` is only
-    worked out when the caller has a fused kernel (``want_fused``)."""
+    worked out when the caller has a fused kernel (``want_fused``). The tuple's last
+    entry is 1 where ``out`` is written with streaming stores (:mod:`.stream`)."""
     P, C, L = x.shape
     par = x.size >= PARALLEL_MIN
     fused = want_fused and fusable(P, C, L, x.itemsize)
-    cfg = (reduce.CHUNK, reduce.COL_BLOCK, reduce.COL_TASK_ELEMS, reduce.COL_TASKS_MAX, elementwise.ROW_BLOCK_ELEMS)
+    nt = int(out is not None and streams(out.nbytes))
+    cfg = (reduce.CHUNK, reduce.COL_BLOCK, reduce.COL_TASK_ELEMS, reduce.COL_TASKS_MAX, elementwise.ROW_BLOCK_ELEMS, nt)
     return par, fused, cfg
 
 
@@ -164,14 +167,14 @@ def _forward_batch2(x, w, b, eps, out, cfg):
     mean, var = _MOMENTS(x, cfg)  # noqa: F821
     rstd = 1.0 / np.sqrt(var + eps)
     m, a, s = _forward_vectors(x, mean, rstd, w, b)
-    _AFFINE(x, m, a, s, out, cfg[0], cfg[4])  # noqa: F821
+    _AFFINE(x, m, a, s, out, cfg[0], cfg[4], cfg[5])  # noqa: F821
     return mean, var, rstd
 
 
 def _forward_fixed2(x, mean, var, w, b, eps, out, cfg):
     rstd = 1.0 / np.sqrt(var + eps)
     m, a, s = _forward_vectors(x, mean, rstd, w, b)
-    _AFFINE(x, m, a, s, out, cfg[0], cfg[4])  # noqa: F821
+    _AFFINE(x, m, a, s, out, cfg[0], cfg[4], cfg[5])  # noqa: F821
     return rstd
 
 
@@ -186,9 +189,9 @@ def _grad_sums2(dy, x, mean, cfg):
 def _grad_input2(dy, x, mean, rstd, w, s1, s2, n, batch_stats, dx, cfg):
     a, q, m, k = _backward_vectors(x, mean, rstd, w, s1, s2, n, batch_stats)
     if batch_stats:
-        _AFFINE2(dy, x, a, q, m, k, dx, cfg[0], cfg[4])  # noqa: F821
+        _AFFINE2(dy, x, a, q, m, k, dx, cfg[0], cfg[4], cfg[5])  # noqa: F821
     else:  # dx = a * dy: x is not read (q = k = 0)
-        _AFFINE(dy, q, a, k, dx, cfg[0], cfg[4])  # noqa: F821
+        _AFFINE(dy, q, a, k, dx, cfg[0], cfg[4], cfg[5])  # noqa: F821
 
 
 def _backward2(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cfg):
@@ -232,9 +235,9 @@ def forward_batch(
     vectors or None. Returns float64 ``(mean, var, rstd)`` (``var`` biased).
     Statistics are float64 one-pass shifted sums (:mod:`.reduce`).
     """
-    par, fused, cfg = _config(x, want_fused=True)
+    par, fused, cfg = _config(x, want_fused=True, out=out)
     if fused:
-        return _pick(_fused_forward, par)(x, weight, bias, float(eps), out)
+        return _pick(_fused_forward, par)(x, weight, bias, float(eps), out, bool(cfg[5]))
     return _pick(_forward_batch, par)(x, weight, bias, float(eps), out, cfg)
 
 
@@ -243,7 +246,7 @@ def forward_fixed(
     bias: Optional[np.ndarray], eps: float, out: np.ndarray,
 ) -> np.ndarray:
     """Forward with given statistics (inference): returns float64 ``rstd``."""
-    par, _, cfg = _config(x)
+    par, _, cfg = _config(x, out=out)
     return _pick(_forward_fixed, par)(x, mean, var, weight, bias, float(eps), out, cfg)
 
 
@@ -261,14 +264,15 @@ def backward(
 
     ``dweight = rstd * s2``, ``dbias = s1``. ``mean``/``rstd`` are float64 ``(C,)``.
     """
-    par, fused, cfg = _config(x, want_fused=True)
+    par, fused, cfg = _config(x, want_fused=True, out=dx)
     need_dx = dx is not None
+    nt = bool(cfg[5])
     target = dx if need_dx else np.empty((0, 0, 0), x.dtype)
     cb = short_backward_block(*x.shape, x.itemsize) if need_dx else 0
     if cb:
-        return _pick(_block_backward, par)(dy, x, mean, rstd, weight, bool(batch_stats), target, need_dx, cb)
+        return _pick(_block_backward, par)(dy, x, mean, rstd, weight, bool(batch_stats), target, need_dx, cb, nt)
     if fused:
-        return _pick(_fused_backward, par)(dy, x, mean, rstd, weight, bool(batch_stats), target, need_dx)
+        return _pick(_fused_backward, par)(dy, x, mean, rstd, weight, bool(batch_stats), target, need_dx, nt)
     return _pick(_backward, par)(dy, x, mean, rstd, weight, bool(batch_stats), target, need_dx, cfg)
 
 
@@ -297,7 +301,7 @@ def grad_input(
     :func:`grad_sums` over ``n`` values per channel (possibly more than this
     view holds: the global batch of SyncBatchNorm).
     """
-    par, _, cfg = _config(x)
+    par, _, cfg = _config(x, out=dx)
     _pick(_grad_input, par)(dy, x, mean, rstd, weight, sum_dy, sum_dy_xmu, float(n), True, dx, cfg)
     return dx
 
@@ -308,8 +312,8 @@ def apply_coefficients(x: np.ndarray, m: np.ndarray, a: np.ndarray, b: np.ndarra
     The element pass every per-channel normalization ends in; layers that compute
     their own coefficients (GroupNorm, Batch Renormalization) call it directly.
     """
-    par, _, cfg = _config(x)
-    _pick((affine_par, affine_ser), par)(x, m, a, b, out, cfg[0], cfg[4])
+    par, _, cfg = _config(x, out=out)
+    _pick((affine_par, affine_ser), par)(x, m, a, b, out, cfg[0], cfg[4], cfg[5])
     return out
 
 
@@ -317,6 +321,6 @@ def apply_coefficients2(
     dy: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray, m: np.ndarray, k: np.ndarray, out: np.ndarray
 ) -> np.ndarray:
     """``out = a[c] * dy + b[c] * (x - m[c]) + k[c]`` (vectors in ``x``'s dtype): the backward's element pass."""
-    par, _, cfg = _config(x)
-    _pick((affine2_par, affine2_ser), par)(dy, x, a, b, m, k, out, cfg[0], cfg[4])
+    par, _, cfg = _config(x, out=out)
+    _pick((affine2_par, affine2_ser), par)(dy, x, a, b, m, k, out, cfg[0], cfg[4], cfg[5])
     return out

@@ -46,6 +46,7 @@ from numba import prange
 
 from . import norm
 from ._jit import helper, twin
+from .stream import fence, span, stream_map, streams, workers
 
 __all__ = ["ROW_CHUNK", "ROW_FUSE_MAX", "TASKS_MAX", "TASK_ELEMS", "backward_tasks", "row_backward", "row_forward"]
 
@@ -85,10 +86,9 @@ def _row_stats(xr, center):
 
 
 @helper
-def _row_apply(xr, o, m, a, c, w, b):
-    """o = ((x - m) * a + c) * w + b, every operand in x's dtype."""
-    for i in range(xr.shape[0]):
-        o[i] = ((xr[i] - m) * a + c) * w[i] + b[i]
+def _row_apply(xr, o, m, a, c, w, b, nt):
+    """o = ((x - m) * a + c) * w + b, every operand in x's dtype (``nt``: streaming stores)."""
+    stream_map("0 1 - 2 * 3 + 4 * 5 +", o, (xr, m, a, c, w, b), nt)
 
 
 @helper
@@ -108,10 +108,9 @@ def _row_sums(dyr, xr, w, m, rs, aw, ab):
 
 
 @helper
-def _row_dx(dyr, xr, o, w, a, bc, m, k):
-    """o = (dy * w) * a + (x - m) * bc + k, every operand in x's dtype."""
-    for i in range(xr.shape[0]):
-        o[i] = dyr[i] * w[i] * a + (xr[i] - m) * bc + k
+def _row_dx(dyr, xr, o, w, a, bc, m, k, nt):
+    """o = (dy * w) * a + (x - m) * bc + k, every operand in x's dtype (``nt``: streaming stores)."""
+    stream_map("0 1 * 2 * 3 4 - 5 * + 6 +", o, (dyr, w, a, xr, m, bc, k), nt)
 
 
 @helper
@@ -138,42 +137,51 @@ def _set_grad_coefficients(coef, r, mean, rstd, s1, s2, n, center):
 # --------------------------------------------------------------------------- kernels
 
 
-def _forward_fused(x, w, b, eps, center, out, mean, var, rstd, coef):
+def _forward_fused(x, w, b, eps, center, out, mean, var, rstd, coef, nt):
     R = x.shape[0]
-    for r in prange(R):
-        mu, v = _row_stats(x[r], center)
-        rs = 1.0 / np.sqrt(v + eps)
-        mean[r] = mu
-        var[r] = v
-        rstd[r] = rs
-        _set_coefficients(coef, r, mu, rs)
-        _row_apply(x[r], out[r], coef[0, r], coef[1, r], coef[2, r], w, b)
+    nw = workers(R)
+    for wk in prange(nw):
+        r0, r1 = span(wk, nw, R)
+        for r in range(r0, r1):
+            mu, v = _row_stats(x[r], center)
+            rs = 1.0 / np.sqrt(v + eps)
+            mean[r] = mu
+            var[r] = v
+            rstd[r] = rs
+            _set_coefficients(coef, r, mu, rs)
+            _row_apply(x[r], out[r], coef[0, r], coef[1, r], coef[2, r], w, b, nt)
+        fence(nt)
 
 
-def _apply_chunked(x, w, b, eps, mean, var, rstd, coef, out, chunk):
+def _apply_chunked(x, w, b, eps, mean, var, rstd, coef, out, chunk, nt):
     R, D = x.shape
     for r in range(R):
         rs = 1.0 / np.sqrt(var[r] + eps)
         rstd[r] = rs
         _set_coefficients(coef, r, mean[r], rs)
     K = (D + chunk - 1) // chunk
-    for t in prange(R * K):
-        r = t // K
-        lo = (t % K) * chunk
-        hi = min(D, lo + chunk)
-        _row_apply(x[r, lo:hi], out[r, lo:hi], coef[0, r], coef[1, r], coef[2, r], w[lo:hi], b[lo:hi])
+    nw = workers(R * K)
+    for wk in prange(nw):
+        t0, t1 = span(wk, nw, R * K)
+        for t in range(t0, t1):
+            r = t // K
+            lo = (t % K) * chunk
+            hi = min(D, lo + chunk)
+            _row_apply(x[r, lo:hi], out[r, lo:hi], coef[0, r], coef[1, r], coef[2, r], w[lo:hi], b[lo:hi], nt)
+        fence(nt)
 
 
-def _backward_fused(dy, x, w, mean, rstd, center, dx, need_dx, tasks, coef, dw, db):
+def _backward_fused(dy, x, w, mean, rstd, center, dx, need_dx, tasks, coef, dw, db, nt):
     R, D = x.shape
     pw = np.zeros((tasks, D))
     pb = np.zeros((tasks, D))
-    for t in prange(tasks):
+    for t in prange(tasks):  # few tasks (<= TASKS_MAX), each many rows: a fence per task
         for r in range(t * R // tasks, (t + 1) * R // tasks):
             s1, s2 = _row_sums(dy[r], x[r], w, mean[r], rstd[r], pw[t], pb[t])
             if need_dx:
                 _set_grad_coefficients(coef, r, mean[r], rstd[r], s1, s2, D, center)
-                _row_dx(dy[r], x[r], dx[r], w, coef[0, r], coef[1, r], coef[2, r], coef[3, r])
+                _row_dx(dy[r], x[r], dx[r], w, coef[0, r], coef[1, r], coef[2, r], coef[3, r], nt)
+        fence(nt)
     for j in range(D):
         dw[j] = 0.0
         db[j] = 0.0
@@ -183,7 +191,7 @@ def _backward_fused(dy, x, w, mean, rstd, center, dx, need_dx, tasks, coef, dw, 
             db[j] += pb[t, j]
 
 
-def _backward_chunked(dy, x, w, mean, rstd, center, dx, need_dx, chunk, coef, dw, db):
+def _backward_chunked(dy, x, w, mean, rstd, center, dx, need_dx, chunk, coef, dw, db, nt):
     R, D = x.shape
     K = (D + chunk - 1) // chunk
     p1 = np.empty((R, K))
@@ -202,11 +210,15 @@ def _backward_chunked(dy, x, w, mean, rstd, center, dx, need_dx, chunk, coef, dw
         return
     for r in range(R):
         _set_grad_coefficients(coef, r, mean[r], rstd[r], p1[r].sum(), p2[r].sum(), D, center)
-    for t in prange(R * K):
-        r = t // K
-        lo = (t % K) * chunk
-        hi = min(D, lo + chunk)
-        _row_dx(dy[r, lo:hi], x[r, lo:hi], dx[r, lo:hi], w[lo:hi], coef[0, r], coef[1, r], coef[2, r], coef[3, r])
+    nw = workers(R * K)
+    for wk in prange(nw):
+        t0, t1 = span(wk, nw, R * K)
+        for t in range(t0, t1):
+            r = t // K
+            lo = (t % K) * chunk
+            hi = min(D, lo + chunk)
+            _row_dx(dy[r, lo:hi], x[r, lo:hi], dx[r, lo:hi], w[lo:hi], coef[0, r], coef[1, r], coef[2, r], coef[3, r], nt)
+        fence(nt)
 
 
 _forward_fused_par, _forward_fused_ser = twin(_forward_fused)
@@ -256,13 +268,13 @@ def row_forward(
     if D <= ROW_FUSE_MAX:
         mean = np.empty(R)
         var = np.empty(R)
-        (_forward_fused_par if par else _forward_fused_ser)(x, w, b, eps, center, out, mean, var, rstd, coef)
+        (_forward_fused_par if par else _forward_fused_ser)(x, w, b, eps, center, out, mean, var, rstd, coef, streams(out.nbytes))
         return mean, var, rstd
     mean, var = norm.moments(x.reshape(1, R, D))
     if not center:  # mean square = var + mean^2 (a sum of two non-negative terms: no cancellation)
         var = var + mean * mean
         mean = np.zeros(R)
-    (_apply_chunked_par if par else _apply_chunked_ser)(x, w, b, eps, mean, var, rstd, coef, out, ROW_CHUNK)
+    (_apply_chunked_par if par else _apply_chunked_ser)(x, w, b, eps, mean, var, rstd, coef, out, ROW_CHUNK, streams(out.nbytes))
     return mean, var, rstd
 
 
@@ -294,10 +306,11 @@ def row_backward(
     coef = np.empty((4, R), dtype)
     par = x.size >= norm.PARALLEL_MIN
     center = bool(center)
+    nt = streams(dx.nbytes)
     if D <= ROW_FUSE_MAX:
         fn = _backward_fused_par if par else _backward_fused_ser
-        fn(dy, x, w, mean, rstd, center, dx, need_dx, backward_tasks(R, D), coef, dw, db)
+        fn(dy, x, w, mean, rstd, center, dx, need_dx, backward_tasks(R, D), coef, dw, db, nt)
     else:
         fn = _backward_chunked_par if par else _backward_chunked_ser
-        fn(dy, x, w, mean, rstd, center, dx, need_dx, ROW_CHUNK, coef, dw, db)
+        fn(dy, x, w, mean, rstd, center, dx, need_dx, ROW_CHUNK, coef, dw, db, nt)
     return dw, db

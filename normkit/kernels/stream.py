@@ -1,0 +1,260 @@
+"""Element passes with streaming (non-temporal) stores for large outputs.
+
+An ordinary store to a line that is not in cache first reads the line from
+memory (the read-for-ownership), so writing an output costs a read and a
+write. On these machines writes are the scarce resource (BENCHMARKS.md), and
+the read-for-ownership is pure waste for an output that is overwritten whole.
+A non-temporal store of a full, aligned 64-byte line skips it and goes to
+memory through the write-combining buffers: measured here, ``y = (x - m)*a + b``
+over 25.7 MB takes 1.2-1.4 ms with them against 2.2-2.4 ms with ordinary stores
+(``docs/experiments/streaming_stores.py``).
+
+The trade-off: the output is not left in cache. That is no loss for outputs
+larger than the caches, and a measured net gain down to a few MB; below
+:data:`STREAM_MIN_BYTES` ordinary stores are used. Nor do they pay where the
+output's memory is fresh from the operating system: its pages were just zeroed
+by the kernel, through the cache, and a non-temporal store to a cached dirty
+line costs more than an ordinary one (measured: 12% slower on 103 MB). glibc
+maps every block above 32 MiB afresh on each allocation, so outputs above
+:data:`STREAM_MAX_BYTES` use ordinary stores -- unless freed memory is kept for
+reuse (:func:`normkit.allocator.keep_freed_memory`, or ``MALLOC_MMAP_MAX_=0`` in
+the environment), where streaming them is 20-30% faster.
+:func:`streaming` turns the streaming stores off (or on again) for the whole
+process.
+
+LLVM's loop vectoriser will not form aligned non-temporal vector stores from a
+scalar loop, so :func:`stream_map` writes the vector loop itself: the element
+formula is given as a small postfix program over the operands, evaluated on
+one 64-byte vector per step (head and tail elements up to the first and after
+the last full line scalar, with ordinary stores). Non-temporal stores are
+weakly ordered: a thread must execute :func:`fence` after its last one before
+other threads may read the data; kernels therefore give each worker a
+contiguous span of tasks (:func:`span`) and fence once per worker, not per
+task (a fence per 3 KB run cost more than the stores saved).
+
+Formulas are postfix over the operand indices ``0``-``9``; ``+``, ``-``, ``*``
+are binary, ``relu`` (``max(v, 0)``) unary. Array operands (1-D, contiguous,
+at least as long as the output, of the output's dtype) are read at the
+output's index; scalar operands are converted to the output's dtype and
+broadcast. Multiply-adds may be contracted to FMAs (the kernels' ``contract``
+fast-math flag); nothing is reassociated, so ``(x - m) * a + b`` keeps the
+exact cancellation of large offsets that :mod:`.elementwise` relies on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Optional
+
+import numba.np.ufunc.parallel
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
+
+from ._jit import helper
+
+__all__ = [
+    "LINE", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "fence", "reused_memory", "span", "stream_map", "streaming",
+    "streams", "workers",
+]
+
+#: Bytes per cache line: the unit of one non-temporal vector store.
+LINE = 64
+#: Smallest output (bytes) written with streaming stores.
+STREAM_MIN_BYTES = 4 << 20
+#: Largest output (bytes) written with streaming stores while glibc maps large
+#: blocks afresh on each allocation (its largest mmap threshold, on 64-bit).
+STREAM_MAX_BYTES = 32 << 20
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+# The thread count as a call to the threading layer's symbol: numba.get_num_threads()
+# inside compiled code goes through a ctypes pointer, which Numba will not cache.
+_threads = getattr(numba.np.ufunc.parallel, "_iget_num_threads", None)
+if _threads is None:  # Numba's internals moved: a fixed count, enough for any machine's cores
+    _threads = helper(lambda: 256)
+_enabled = True
+_reused = os.environ.get("MALLOC_MMAP_MAX_") == "0"
+_FLAGS = ("contract",)
+_BINARY = {"+": "fadd", "-": "fsub", "*": "fmul"}
+
+
+def streaming(enable: Optional[bool] = None) -> bool:
+    """Turn streaming stores for large outputs on (the default) or off; with no
+    argument, report the setting. Returns whether they will be used (never on
+    processors other than x86-64, where they are not emitted)."""
+    global _enabled
+    if enable is not None:
+        _enabled = bool(enable)
+    return _enabled and _X86
+
+
+def reused_memory(reused: bool) -> None:
+    """Tell the kernels whether large freed blocks are kept for reuse (set by
+    :func:`normkit.allocator.keep_freed_memory`): then outputs above
+    :data:`STREAM_MAX_BYTES` are streamed too."""
+    global _reused
+    _reused = bool(reused)
+
+
+def streams(nbytes: int) -> bool:
+    """Whether an output of ``nbytes`` is written with streaming stores."""
+    return _enabled and _X86 and STREAM_MIN_BYTES <= nbytes and (_reused or nbytes <= STREAM_MAX_BYTES)
+
+
+@helper
+def workers(tasks):
+    """Workers for ``tasks`` tasks: one per thread, at most one per task, at least one."""
+    return max(1, min(tasks, _threads()))
+
+
+@helper
+def span(w, workers, tasks):
+    """Tasks ``[lo, hi)`` of worker ``w`` of ``workers``: contiguous, sizes differing by at most one."""
+    q = tasks // workers
+    r = tasks % workers
+    lo = w * q + min(w, r)
+    return lo, lo + q + (1 if w < r else 0)
+
+
+def _program(formula: str, n_operands: int):
+    tokens = formula.split()
+    depth = 0
+    for tok in tokens:
+        if tok.isdigit():
+            if int(tok) >= n_operands:
+                raise TypingError(f"stream_map formula {formula!r} names operand {tok}, but {n_operands} were given")
+            depth += 1
+        elif tok in _BINARY:
+            depth -= 1
+        elif tok != "relu":
+            raise TypingError(f"stream_map formula {formula!r}: unknown token {tok!r}")
+        if depth < 1:
+            raise TypingError(f"stream_map formula {formula!r} is not a postfix expression")
+    if depth != 1:
+        raise TypingError(f"stream_map formula {formula!r} leaves {depth} values, expected 1")
+    return tokens
+
+
+def _evaluate(builder, tokens, load, zero):
+    stack = []
+    for tok in tokens:
+        if tok.isdigit():
+            stack.append(load(int(tok)))
+        elif tok == "relu":
+            v = stack.pop()
+            stack.append(builder.select(builder.fcmp_ordered("<", v, zero), zero, v))  # NaN passes
+        else:
+            rhs = stack.pop()
+            lhs = stack.pop()
+            stack.append(getattr(builder, _BINARY[tok])(lhs, rhs, flags=_FLAGS))
+    return stack[0]
+
+
+@intrinsic
+def stream_map(typingctx, formula, out, operands, nt):
+    """``out[i] = formula(operands at i)`` for every ``i`` of the 1-D contiguous ``out``;
+    whole aligned lines with non-temporal stores when ``nt`` is true (follow with
+    :func:`fence`), else ordinary vector stores."""
+    if not isinstance(formula, types.StringLiteral):
+        raise TypingError("stream_map: the formula must be a string literal")
+    if not isinstance(out, types.Array) or out.ndim != 1 or not isinstance(out.dtype, types.Float):
+        raise TypingError(f"stream_map: out must be a 1-D float array, got {out}")
+    if not isinstance(operands, types.BaseTuple):
+        raise TypingError(f"stream_map: operands must be a tuple, got {operands}")
+    for i, op in enumerate(operands):
+        if isinstance(op, types.Array):
+            if op.ndim != 1 or op.dtype != out.dtype:
+                raise TypingError(f"stream_map: operand {i} must be 1-D {out.dtype}, got {op}")
+        elif not isinstance(op, (types.Float, types.Integer)):
+            raise TypingError(f"stream_map: operand {i} must be an array or a number, got {op}")
+    tokens = _program(formula.literal_value, len(operands))
+    sig = types.void(formula, out, operands, nt)
+
+    def codegen(context, builder, signature, args):
+        _, out_v, ops_v, nt_v = args
+        ft = context.get_data_type(out.dtype)
+        isz = context.get_abi_sizeof(ft)
+        W = LINE // isz
+        vt = ir.VectorType(ft, W)
+        intp = context.get_value_type(types.intp)
+        oary = context.make_array(out)(context, builder, out_v)
+        n = builder.extract_value(oary.shape, 0)
+        odata = oary.data
+        values = cgutils.unpack_tuple(builder, ops_v, len(operands))
+        ptrs = {}
+        scalars = {}
+        for k, (op, v) in enumerate(zip(operands, values)):
+            if isinstance(op, types.Array):
+                ptrs[k] = context.make_array(op)(context, builder, v).data
+            else:
+                scalars[k] = context.cast(builder, v, op, out.dtype)
+        splat_idx = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
+
+        def splat(s):
+            v = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
+            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), splat_idx)
+
+        vscalars = {k: splat(s) for k, s in scalars.items()}
+
+        def scalar_at(i):
+            def load(k):
+                if k in ptrs:
+                    return builder.load(builder.gep(ptrs[k], [i]), align=isz)
+                return scalars[k]
+            return _evaluate(builder, tokens, load, ir.Constant(ft, 0.0))
+
+        def vector_at(i):
+            def load(k):
+                if k in ptrs:
+                    return builder.load(builder.bitcast(builder.gep(ptrs[k], [i]), vt.as_pointer()), align=isz)
+                return vscalars[k]
+            return _evaluate(builder, tokens, load, ir.Constant(vt, None))
+
+        def scalar_loop(lo, hi):
+            with cgutils.for_range_slice(builder, lo, hi, ir.Constant(intp, 1)) as (i, _):
+                builder.store(scalar_at(i), builder.gep(odata, [i]), align=isz)
+
+        # head: elements before the first line boundary of out
+        addr = builder.ptrtoint(odata, intp)
+        misalign = builder.and_(builder.neg(addr), ir.Constant(intp, LINE - 1))
+        head = builder.udiv(misalign, ir.Constant(intp, isz))
+        head = builder.select(builder.icmp_signed("<", head, n), head, n)
+        lines = builder.sdiv(builder.sub(n, head), ir.Constant(intp, W))
+        body_end = builder.add(head, builder.mul(lines, ir.Constant(intp, W)))
+        scalar_loop(ir.Constant(intp, 0), head)
+        nt_flag = context.cast(builder, nt_v, nt, types.boolean)
+        if not _X86:
+            nt_flag = cgutils.false_bit
+        md = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+        with builder.if_else(nt_flag) as (streamed, plain):
+            for temporal in (False, True):
+                with (plain if temporal else streamed):
+                    with cgutils.for_range_slice(builder, head, body_end, ir.Constant(intp, W)) as (i, _):
+                        dst = builder.bitcast(builder.gep(odata, [i]), vt.as_pointer())
+                        st = builder.store(vector_at(i), dst, align=LINE)
+                        if not temporal:
+                            st.set_metadata("nontemporal", md)
+        scalar_loop(body_end, n)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def fence(typingctx, nt):
+    """Order this thread's earlier non-temporal stores before its later stores
+    (``sfence``) when ``nt`` is true; nothing otherwise."""
+    sig = types.void(nt)
+
+    def codegen(context, builder, signature, args):
+        if _X86:
+            flag = context.cast(builder, args[0], nt, types.boolean)
+            with builder.if_then(flag):
+                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence")
+                builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
