@@ -19,6 +19,7 @@ def test_bench_quick_smoke(tmp_path, capsys):
     rows = data["rows"]
     assert rows and all(r["normkit_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
     assert any("compile_ms" in r for r in rows)  # torch.compile measured at least once
+    assert all(r["kernel_ms"] > 0 and r["kernel_of_floor"] > 0 for r in rows)  # the kernels alone, every case
     assert "training_step" in data and "fresh_process" in data and set(data["allocation"]) == {"default", "tuned"}
     md = (tmp_path / "bench.md").read_text()
     assert "| case |" in md and "Allocation study" in md

@@ -9,12 +9,15 @@ import torch
 from torch import nn
 
 import normkit.nn as nkn
-from normkit import reference
+from normkit import kernels, reference
+from normkit.kernels import grouped, rowwise
 
 from .cases import Case
 
 #: Peer name -> how it is built. "normkit" first: it is the row being judged.
-PEERS = ("normkit", "torch", "torch.compile", "numpy-ref")
+#: "kernel" is normkit's compiled kernels alone, writing into outputs that already
+#: exist (allocation aside, as the floor), called on the same data.
+PEERS = ("normkit", "torch", "torch.compile", "numpy-ref", "kernel")
 
 #: The NumPy reference is timed only below this many elements (it is float64 and unfused).
 REFERENCE_MAX_NUMEL = 1 << 21
@@ -115,12 +118,79 @@ def _reference_callable(case: Case) -> Optional[Callable[[], object]]:
     return both
 
 
+def _kernel_callable(case: Case) -> Optional[Callable[[], object]]:
+    """normkit's kernel entry points on NumPy views of the case's tensors, into
+    preallocated outputs (torch's allocation, as a user's existing tensor)."""
+    if case.layer == "BatchNormAct2d" or case.direction == "eval_fwd" and not case.layer.startswith("BatchNorm"):
+        return None
+    x = make_input(case)
+    g = make_input(case, seed=1)
+    out = torch.empty_like(x)
+    dx = torch.empty_like(x)
+    if case.layer.startswith("BatchNorm"):
+        v = kernels.channel_view(x.shape, x.stride(), 1)
+
+        def view(t):
+            return (t.permute(v.perm) if v.perm else t).numpy().reshape(v.shape)
+
+        xv, gv, ov, dv = view(x), view(g), view(out), view(dx)
+        C = v.C
+        w, b = np.ones(C, xv.dtype), np.zeros(C, xv.dtype)
+        mean, var, rstd = kernels.forward_batch(xv, w, b, 1e-5, ov)
+        fwd = {"train_fwd": lambda: kernels.forward_batch(xv, w, b, 1e-5, ov),
+               "eval_fwd": lambda: kernels.forward_fixed(xv, mean, var, w, b, 1e-5, ov),
+               "bwd": lambda: kernels.backward(gv, xv, mean, rstd, w, True, dv)}
+        if case.direction in fwd:
+            return fwd[case.direction]
+
+        def both():
+            m, _, r = kernels.forward_batch(xv, w, b, 1e-5, ov)
+            return kernels.backward(gv, xv, m, r, w, True, dv)
+
+        return both
+    xn, gn, on, dn = (t.numpy() for t in (x, g, out, dx))
+    if case.layer in ("LayerNorm", "RMSNorm"):
+        center = case.layer == "LayerNorm"
+        D = case.shape[-1]
+        xn, gn, on, dn = (a.reshape(-1, D) for a in (xn, gn, on, dn))
+        w = np.ones(D, xn.dtype)
+        b = np.zeros(D, xn.dtype) if center else None
+
+        def forward():
+            return rowwise.row_forward(xn, w, b, 1e-5, on, center)
+
+        def backward(stats):
+            return rowwise.row_backward(gn, xn, stats[0], stats[2], w, dn, center)
+    else:
+        N, C = case.shape[:2]
+        xn, gn, on, dn = (a.reshape(N, C, -1) for a in (xn, gn, on, dn))
+        w, b = np.ones(C, xn.dtype), np.zeros(C, xn.dtype)
+        if case.layer == "GroupNorm":
+            def forward():
+                return grouped.group_forward(xn, 32, w, b, 1e-5, on)
+
+            def backward(stats):
+                return grouped.group_backward(gn, xn, 32, stats[0], stats[2], w, dn)
+        else:
+            def forward():
+                return grouped.instance_forward(xn, w, b, 1e-5, on)
+
+            def backward(stats):
+                return grouped.instance_backward(gn, xn, stats[0], stats[2], w, True, dn)
+    if case.direction == "train_fwd":
+        return forward
+    stats = forward()
+    if case.direction == "bwd":
+        return lambda: backward(stats)
+    return lambda: backward(forward())
+
+
 def make_callables(case: Case, peers=PEERS) -> Dict[str, Callable[[], object]]:
     """One zero-argument callable per available peer for ``case``."""
     out: Dict[str, Callable[[], object]] = {}
     for peer in peers:
-        if peer == "numpy-ref":
-            fn = _reference_callable(case)
+        if peer in ("numpy-ref", "kernel"):
+            fn = (_reference_callable if peer == "numpy-ref" else _kernel_callable)(case)
             if fn is not None:
                 out[peer] = fn
         elif peer == "torch.compile":

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 
 COLUMNS = [
     "case", "dir", "normkit ms", "spread ms", "torch ms", "x torch", "compile ms", "x compile",
-    "ref ms", "GB/s", "floor ms", "of floor", "of floor+alloc",
+    "ref ms", "GB/s", "floor ms", "of floor", "of floor+alloc", "kernel ms", "kernel of floor",
 ]
 
 
@@ -25,7 +25,8 @@ def row_cells(r: Dict[str, Any]) -> List[str]:
         r["case"], r["dir"], _fmt(r["normkit_ms"]), f"{_fmt(r['min_ms'])}-{_fmt(r['max_ms'])}",
         _fmt(r.get("torch_ms")), _fmt(r.get("x_torch"), 2), _fmt(r.get("compile_ms")),
         _fmt(r.get("x_compile"), 2), _fmt(r.get("ref_ms")), _fmt(r["gbps"], 1), _fmt(r["floor_ms"]),
-        _fmt(r["of_floor"], 2), _fmt(r["of_floor_alloc"], 2),
+        _fmt(r["of_floor"], 2), _fmt(r["of_floor_alloc"], 2), _fmt(r.get("kernel_ms")),
+        _fmt(r.get("kernel_of_floor"), 2),
     ]
 
 

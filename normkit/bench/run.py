@@ -73,11 +73,13 @@ def run_case(case: Case, peers, budget: float) -> Dict[str, Any]:
         "floor_ms": fl.seconds * 1e3, "alloc_ms": fl.alloc * k * 1e3,
         "of_floor": fl.seconds / nk.median, "of_floor_alloc": (fl.seconds + k * fl.alloc) / nk.median,
     }
-    for name, key in (("torch", "torch"), ("torch.compile", "compile"), ("numpy-ref", "ref")):
+    for name, key in (("torch", "torch"), ("torch.compile", "compile"), ("numpy-ref", "ref"), ("kernel", "kernel")):
         if name in times:
             row[f"{key}_ms"] = times[name].ms
-            if name != "numpy-ref":
+            if name not in ("numpy-ref", "kernel"):
                 row[f"x_{key}"] = times[name].median / nk.median
+    if "kernel" in times:  # allocation aside: the kernels into existing memory, against the floor
+        row["kernel_of_floor"] = fl.seconds / times["kernel"].median
     return row
 
 
