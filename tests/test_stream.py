@@ -172,3 +172,20 @@ def test_layers_with_streaming_stores_match_torch(monkeypatch, layer, shape, cha
     ours.eval()
     theirs.eval()
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", ["relu", None])
+@pytest.mark.parametrize("residual", [False, True])
+def test_batchnorm_act_with_streaming_stores_matches_torch(monkeypatch, act, residual):
+    """BatchNormAct2d's ReLU and identity forms write through stream_map."""
+    monkeypatch.setattr(stream, "STREAM_MIN_BYTES", 0)
+    torch.manual_seed(3)
+    ours, ref = nkn.BatchNormAct2d(16, act=act), torch.nn.BatchNorm2d(16)
+    x = torch.randn(6, 16, 9, 7) * 2 + 1
+    z = torch.randn(6, 16, 9, 7) if residual else None
+    for train in (True, False):
+        ours.train(train)
+        ref.train(train)
+        y = ours(x, z)
+        p = ref(x) + (z if residual else 0)
+        torch.testing.assert_close(y, torch.relu(p) if act == "relu" else p, rtol=1e-5, atol=1e-5)

@@ -27,6 +27,7 @@ from numba import prange
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
 from .reduce import channel_moments
+from .stream import fence, span, stream_map, workers
 
 __all__ = ["ACTIVATIONS", "act_backward", "act_forward"]
 
@@ -60,46 +61,60 @@ def act_slope(p, act):
 
 
 @helper
-def _forward_run(xr, zr, o, m, a, s, act):
-    for i in range(xr.shape[0]):
-        o[i] = act_value((xr[i] - m) * a + s + zr[i], act)
+def _forward_run(xr, zr, o, m, a, s, act, nt):
+    if act == 0:  # the piecewise-linear activations go through stream_map (streaming stores)
+        stream_map("0 1 - 2 * 3 + 4 +", o, (xr, m, a, s, zr), nt)
+    elif act == 1:
+        stream_map("0 1 - 2 * 3 + 4 + relu", o, (xr, m, a, s, zr), nt)
+    else:
+        for i in range(xr.shape[0]):
+            o[i] = act_value((xr[i] - m) * a + s + zr[i], act)
 
 
 @helper
-def _forward_run_noz(xr, o, m, a, s, act):
-    for i in range(xr.shape[0]):
-        o[i] = act_value((xr[i] - m) * a + s, act)
+def _forward_run_noz(xr, o, m, a, s, act, nt):
+    if act == 0:
+        stream_map("0 1 - 2 * 3 +", o, (xr, m, a, s), nt)
+    elif act == 1:
+        stream_map("0 1 - 2 * 3 + relu", o, (xr, m, a, s), nt)
+    else:
+        for i in range(xr.shape[0]):
+            o[i] = act_value((xr[i] - m) * a + s, act)
 
 
 # In the kernels below ``_ACT`` is a global bound per compilation (one per
 # activation), so the activation's branches fold away and the loops vectorise.
 
 
-def _act_forward(x, z, w, b, eps, out, batch_stats, mean_in, var_in):
+def _act_forward(x, z, w, b, eps, out, batch_stats, mean_in, var_in, nt):
     P, C, L = x.shape
-    n = P * L
     mean = np.empty(C)
     var = np.empty(C)
     rstd = np.empty(C)
-    for c in prange(C):
-        if batch_stats:
-            mu, v = channel_moments(x, c)
-        else:
-            mu = np.float64(mean_in[c])
-            v = np.float64(var_in[c])
-        r = 1.0 / np.sqrt(v + eps)
-        mean[c] = mu
-        var[c] = v
-        rstd[c] = r
-        co = np.empty(3, x.dtype)
-        forward_coefs(mu, r, w, b, c, co)
-        m, a, s = co[0], co[1], co[2]
-        if z is None:
-            for p in range(P):
-                _forward_run_noz(x[p, c], out[p, c], m, a, s, _ACT)  # noqa: F821
-        else:
-            for p in range(P):
-                _forward_run(x[p, c], z[p, c], out[p, c], m, a, s, _ACT)  # noqa: F821
+    scratch = np.empty((C, 3), x.dtype)  # per-channel coefficients (no allocation inside the loop)
+    nw = workers(C)
+    for wk in prange(nw):
+        c0, c1 = span(wk, nw, C)
+        for c in range(c0, c1):
+            if batch_stats:
+                mu, v = channel_moments(x, c)
+            else:
+                mu = np.float64(mean_in[c])
+                v = np.float64(var_in[c])
+            r = 1.0 / np.sqrt(v + eps)
+            mean[c] = mu
+            var[c] = v
+            rstd[c] = r
+            co = scratch[c]
+            forward_coefs(mu, r, w, b, c, co)
+            m, a, s = co[0], co[1], co[2]
+            if z is None:
+                for p in range(P):
+                    _forward_run_noz(x[p, c], out[p, c], m, a, s, _ACT, nt)  # noqa: F821
+            else:
+                for p in range(P):
+                    _forward_run(x[p, c], z[p, c], out[p, c], m, a, s, _ACT, nt)  # noqa: F821
+        fence(nt)
     return mean, var, rstd
 
 
@@ -184,8 +199,9 @@ def _per_activation(fn):
     return {code: twin(fn, {"_ACT": code}, {"_ACT": code}, suffix=f"_act{code}") for code in range(4)}
 
 
-#: ``act_forward[code](x, z, w, b, eps, out, batch_stats, mean_in, var_in) -> (mean, var, rstd)``:
-#: ``z`` a residual view or None; ``mean_in``/``var_in`` used when ``batch_stats`` is False.
+#: ``act_forward[code](x, z, w, b, eps, out, batch_stats, mean_in, var_in, nt) -> (mean, var, rstd)``:
+#: ``z`` a residual view or None; ``mean_in``/``var_in`` used when ``batch_stats`` is False;
+#: ``nt``: streaming stores for ReLU and no activation (:mod:`.stream`).
 act_forward = _per_activation(_act_forward)
 #: ``act_backward[code](dy, x, z, w, b, mean, rstd, batch_stats, dx, dz) -> (dw, db)``.
 act_backward = _per_activation(_act_backward)

@@ -21,6 +21,7 @@ import torch
 from .. import kernels
 from ..kernels import act as act_kernels
 from ..kernels import norm as norm_kernels
+from ..kernels.stream import streams
 from . import _torch_impl
 from ._bridge import as_view, new_like_view
 from ._bridge import numpy_view as _np
@@ -59,7 +60,8 @@ class _KernelBatchNormAct(torch.autograd.Function):
         run = act_kernels.act_forward[act][0 if par else 1]
         dummy = np.empty(0)
         mean, var, rstd = run(x3, z3, _np(weight), _np(bias), float(eps), y3, batch_stats,
-                              dummy if batch_stats else _np(running_mean), dummy if batch_stats else _np(running_var))
+                              dummy if batch_stats else _np(running_mean), dummy if batch_stats else _np(running_var),
+                              streams(y3.nbytes))
         stats += (mean, var)
         ctx.save_for_backward(x, residual, weight, bias, torch.from_numpy(mean), torch.from_numpy(rstd))
         ctx.meta = (view, act, batch_stats, eps)
