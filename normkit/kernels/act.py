@@ -10,6 +10,8 @@ and ``dz = g``. Neither ``p`` nor ``BN(x)`` is ever stored: the passes and the
 allocations that torch eager spends on the separate operations are saved.
 
 Activations: 0 none, 1 ReLU, 2 SiLU, 3 GELU (exact, erf form -- torch's default).
+With no activation and no residual the forward is plain batch normalization's
+per-channel fused forward (:func:`.norm.forward_batch` uses it).
 Per-channel tasks (the rows pattern, as :mod:`.fused`). A channel that fits in
 cache is read once from memory; a larger one twice (statistics, then the element
 pass) -- still one pass and two allocations fewer than BN, add and activation

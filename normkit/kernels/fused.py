@@ -8,7 +8,9 @@ the two-pass floor -- instead of a second read from main memory.
 
 Used when the rows pattern applies (``L >= ROW_MIN``), a channel's data fits
 the per-core cache budget, and there are enough channels to keep every thread
-busy; otherwise :mod:`.norm` runs the two-pass kernels.
+busy; otherwise :mod:`.norm` runs the two-pass kernels. The per-channel
+training forward is :mod:`.act`'s kernel with no activation and no residual;
+this module holds the backward forms and GroupNorm's per-group passes.
 
 The backward has a second form for short runs (small maps such as 7x7, where a
 channel is ``P`` scattered runs of a few dozen elements, too many streams for
@@ -27,38 +29,13 @@ from numba import prange
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
 from .elementwise import affine, affine2, expand
-from .reduce import channel_moments, finish_moments, run_moments, run_sums
+from .reduce import finish_moments, run_moments, run_sums
 from .stream import fence, span, workers
 
 __all__ = [
     "block_backward_par", "block_backward_ser", "channel_backward_par", "channel_backward_ser",
-    "channel_forward_par", "channel_forward_ser", "group_backward_par", "group_backward_ser",
-    "group_forward_par", "group_forward_ser",
+    "group_backward_par", "group_backward_ser", "group_forward_par", "group_forward_ser",
 ]
-
-
-def _channel_forward(x, w, b, eps, out, nt):
-    P, C, L = x.shape
-    mean = np.empty(C)
-    var = np.empty(C)
-    rstd = np.empty(C)
-    scratch = np.empty((C, 3), x.dtype)  # per-task coefficients (no allocation inside the loop)
-    nw = workers(C)
-    for wk in prange(nw):
-        c0, c1 = span(wk, nw, C)
-        for c in range(c0, c1):
-            mu, v = channel_moments(x, c)
-            r = 1.0 / np.sqrt(v + eps)
-            mean[c] = mu
-            var[c] = v
-            rstd[c] = r
-            co = scratch[c]
-            forward_coefs(mu, r, w, b, c, co)
-            m, a, s = co[0], co[1], co[2]
-            for p in range(P):
-                affine(x[p, c], out[p, c], m, a, s, nt)
-        fence(nt)
-    return mean, var, rstd
 
 
 def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, nt):
@@ -169,9 +146,6 @@ def _block_backward_task(g2, x2, mean, rstd, w, batch_stats, o2, need_dx, cb, t,
 block_backward_par, block_backward_ser = twin(_block_backward)
 
 
-#: ``channel_forward(x, w, b, eps, out, nt) -> (mean, var, rstd)``: training forward (float64 stats);
-#: ``nt``: streaming stores (:mod:`.stream`).
-channel_forward_par, channel_forward_ser = twin(_channel_forward)
 #: ``channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, nt) -> (dweight, dbias)``.
 channel_backward_par, channel_backward_ser = twin(_channel_backward)
 

@@ -32,11 +32,9 @@ import numpy as np
 from . import elementwise, reduce
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
+from .act import act_forward
 from .elementwise import affine2_par, affine2_ser, affine_par, affine_ser
-from .fused import (
-    block_backward_par, block_backward_ser, channel_backward_par, channel_backward_ser, channel_forward_par,
-    channel_forward_ser,
-)
+from .fused import block_backward_par, block_backward_ser, channel_backward_par, channel_backward_ser
 from .reduce import ROW_MIN, channel_shift, finish_moments, sums_par, sums_ser
 from .stream import streams
 
@@ -214,7 +212,8 @@ _forward_fixed = _flavours(_forward_fixed2, _AFFINE=(affine_par, affine_ser))
 _grad_sums = _flavours(_grad_sums2, _SUMS=(sums_par, sums_ser))
 _grad_input = _flavours(_grad_input2, _AFFINE=(affine_par, affine_ser), _AFFINE2=(affine2_par, affine2_ser))
 _backward = _flavours(_backward2, _GRAD_SUMS=_grad_sums, _GRAD_INPUT=_grad_input)
-_fused_forward = (channel_forward_par, channel_forward_ser)
+_fused_forward = act_forward[0]  # the per-channel forward with no activation and no residual
+_NO_STATS = np.empty(0)
 _fused_backward = (channel_backward_par, channel_backward_ser)
 _block_backward = (block_backward_par, block_backward_ser)
 
@@ -237,7 +236,8 @@ def forward_batch(
     """
     par, fused, cfg = _config(x, want_fused=True, out=out)
     if fused:
-        return _pick(_fused_forward, par)(x, weight, bias, float(eps), out, bool(cfg[5]))
+        return _pick(_fused_forward, par)(x, None, weight, bias, float(eps), out, True, _NO_STATS, _NO_STATS,
+                                          bool(cfg[5]))
     return _pick(_forward_batch, par)(x, weight, bias, float(eps), out, cfg)
 
 

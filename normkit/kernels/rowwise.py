@@ -153,6 +153,13 @@ def _forward_fused(x, w, b, eps, center, out, mean, var, rstd, coef, nt):
         fence(nt)
 
 
+@helper
+def _chunk(t, K, D, chunk):
+    """Task ``t`` of rows cut in ``K`` chunks -> (row, first column, end column)."""
+    lo = (t % K) * chunk
+    return t // K, lo, min(D, lo + chunk)
+
+
 def _apply_chunked(x, w, b, eps, mean, var, rstd, coef, out, chunk, nt):
     R, D = x.shape
     for r in range(R):
@@ -164,9 +171,7 @@ def _apply_chunked(x, w, b, eps, mean, var, rstd, coef, out, chunk, nt):
     for wk in prange(nw):
         t0, t1 = span(wk, nw, R * K)
         for t in range(t0, t1):
-            r = t // K
-            lo = (t % K) * chunk
-            hi = min(D, lo + chunk)
+            r, lo, hi = _chunk(t, K, D, chunk)
             _row_apply(x[r, lo:hi], out[r, lo:hi], coef[0, r], coef[1, r], coef[2, r], w[lo:hi], b[lo:hi], nt)
         fence(nt)
 
@@ -214,9 +219,7 @@ def _backward_chunked(dy, x, w, mean, rstd, center, dx, need_dx, chunk, coef, dw
     for wk in prange(nw):
         t0, t1 = span(wk, nw, R * K)
         for t in range(t0, t1):
-            r = t // K
-            lo = (t % K) * chunk
-            hi = min(D, lo + chunk)
+            r, lo, hi = _chunk(t, K, D, chunk)
             _row_dx(dy[r, lo:hi], x[r, lo:hi], dx[r, lo:hi], w[lo:hi], coef[0, r], coef[1, r], coef[2, r], coef[3, r], nt)
         fence(nt)
 
