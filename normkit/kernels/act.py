@@ -28,6 +28,7 @@ from numba import prange
 
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
+from .elementwise import affine
 from .reduce import channel_moments
 from .stream import fence, span, stream_map, workers
 
@@ -63,29 +64,48 @@ def act_slope(p, act):
 
 
 @helper
-def _forward_run(xr, zr, o, m, a, s, act, nt):
-    if act == 0:  # the piecewise-linear activations go through stream_map (streaming stores)
-        stream_map("0 1 - 2 * 3 + 4 +", o, (xr, m, a, s, zr), nt)
-    elif act == 1:
-        stream_map("0 1 - 2 * 3 + 4 + relu", o, (xr, m, a, s, zr), nt)
-    else:
-        for i in range(xr.shape[0]):
-            o[i] = act_value((xr[i] - m) * a + s + zr[i], act)
+def _identity_run(xr, zr, o, m, a, s, act, nt):
+    stream_map("0 1 - 2 * 3 + 4 +", o, (xr, m, a, s, zr), nt)
 
 
 @helper
-def _forward_run_noz(xr, o, m, a, s, act, nt):
-    if act == 0:
-        stream_map("0 1 - 2 * 3 +", o, (xr, m, a, s), nt)
-    elif act == 1:
-        stream_map("0 1 - 2 * 3 + relu", o, (xr, m, a, s), nt)
-    else:
-        for i in range(xr.shape[0]):
-            o[i] = act_value((xr[i] - m) * a + s, act)
+def _identity_run_noz(xr, o, m, a, s, act, nt):
+    affine(xr, o, m, a, s, nt)
 
 
-# In the kernels below ``_ACT`` is a global bound per compilation (one per
-# activation), so the activation's branches fold away and the loops vectorise.
+@helper
+def _relu_run(xr, zr, o, m, a, s, act, nt):
+    stream_map("0 1 - 2 * 3 + 4 + relu", o, (xr, m, a, s, zr), nt)
+
+
+@helper
+def _relu_run_noz(xr, o, m, a, s, act, nt):
+    stream_map("0 1 - 2 * 3 + relu", o, (xr, m, a, s), nt)
+
+
+@helper
+def _smooth_run(xr, zr, o, m, a, s, act, nt):
+    """SiLU and GELU: ordinary stores (the element costs more than its traffic)."""
+    for i in range(xr.shape[0]):
+        o[i] = act_value((xr[i] - m) * a + s + zr[i], act)
+
+
+@helper
+def _smooth_run_noz(xr, o, m, a, s, act, nt):
+    for i in range(xr.shape[0]):
+        o[i] = act_value((xr[i] - m) * a + s, act)
+
+
+#: activation code -> the forward's element runs (without, with residual). The
+#: piecewise-linear ones write through stream_map (streaming stores). Bound per
+#: compilation, so a kernel compiles only its own activation's runs.
+_RUNS = {0: (_identity_run_noz, _identity_run), 1: (_relu_run_noz, _relu_run),
+         2: (_smooth_run_noz, _smooth_run), 3: (_smooth_run_noz, _smooth_run)}
+
+
+# In the kernels below ``_ACT`` (and the forward's ``_RUN``/``_RUN_Z``) are globals
+# bound per compilation (one per activation), so the activation's branches fold
+# away and the loops vectorise.
 
 
 def _act_forward(x, z, w, b, eps, out, batch_stats, mean_in, var_in, nt):
@@ -112,10 +132,10 @@ def _act_forward(x, z, w, b, eps, out, batch_stats, mean_in, var_in, nt):
             m, a, s = co[0], co[1], co[2]
             if z is None:
                 for p in range(P):
-                    _forward_run_noz(x[p, c], out[p, c], m, a, s, _ACT, nt)  # noqa: F821
+                    _RUN(x[p, c], out[p, c], m, a, s, _ACT, nt)  # noqa: F821
             else:
                 for p in range(P):
-                    _forward_run(x[p, c], z[p, c], out[p, c], m, a, s, _ACT, nt)  # noqa: F821
+                    _RUN_Z(x[p, c], z[p, c], out[p, c], m, a, s, _ACT, nt)  # noqa: F821
         fence(nt)
     return mean, var, rstd
 
@@ -198,7 +218,8 @@ def _act_backward(dy, x, z, w, b, mean, rstd, batch_stats, dx, dz):
 
 def _per_activation(fn):
     """``{act code: (parallel, serial)}`` with ``_ACT`` bound as a compile-time constant."""
-    return {code: twin(fn, {"_ACT": code}, {"_ACT": code}, suffix=f"_act{code}") for code in range(4)}
+    bound = {code: {"_ACT": code, "_RUN": _RUNS[code][0], "_RUN_Z": _RUNS[code][1]} for code in range(4)}
+    return {code: twin(fn, bound[code], bound[code], suffix=f"_act{code}") for code in range(4)}
 
 
 #: ``act_forward[code](x, z, w, b, eps, out, batch_stats, mean_in, var_in, nt) -> (mean, var, rstd)``:
