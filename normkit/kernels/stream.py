@@ -26,11 +26,13 @@ LLVM's loop vectoriser will not form aligned non-temporal vector stores from a
 scalar loop, so :func:`stream_map` writes the vector loop itself: the element
 formula is given as a small postfix program over the operands, evaluated on
 one 64-byte vector per step (head and tail elements up to the first and after
-the last full line scalar, with ordinary stores). Non-temporal stores are
-weakly ordered: a thread must execute :func:`fence` after its last one before
-other threads may read the data; kernels therefore give each worker a
-contiguous span of tasks (:func:`span`) and fence once per worker, not per
-task (a fence per 3 KB run cost more than the stores saved).
+the last full line one by one, with ordinary stores); without streaming, or on
+runs shorter than :data:`NT_MIN_RUN`, it is one ordinary loop, which LLVM
+vectorises as it would the Python loop. Non-temporal stores are weakly
+ordered: a thread must execute :func:`fence` after its last one before other
+threads may read the data; kernels therefore give each worker a contiguous span
+of tasks (:func:`span`) and fence once per worker, not per task (a fence per
+3 KB run cost more than the stores saved).
 
 Formulas are postfix over the operand indices ``0``-``9``; ``+``, ``-``, ``*``
 are binary, ``relu`` (``max(v, 0)``) unary. Array operands (1-D, contiguous,
@@ -57,7 +59,7 @@ from numba.extending import intrinsic
 from ._jit import helper
 
 __all__ = [
-    "LINE", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "fence", "reused_memory", "span", "stream_map", "streaming",
+    "LINE", "NT_MIN_RUN", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "fence", "reused_memory", "span", "stream_map", "streaming",
     "streams", "workers",
 ]
 
@@ -65,6 +67,10 @@ __all__ = [
 LINE = 64
 #: Smallest output (bytes) written with streaming stores.
 STREAM_MIN_BYTES = 4 << 20
+#: Shortest contiguous run (bytes) written with streaming stores; shorter runs
+#: (small maps such as 7x7) take ordinary stores: their head and tail elements,
+#: written one by one around the aligned lines, cost more than the lines save.
+NT_MIN_RUN = 8 * LINE
 #: Largest output (bytes) written with streaming stores while glibc maps large
 #: blocks afresh on each allocation (its largest mmap threshold, on 64-bit).
 STREAM_MAX_BYTES = 32 << 20
@@ -156,8 +162,8 @@ def _evaluate(builder, tokens, load, zero):
 @intrinsic
 def stream_map(typingctx, formula, out, operands, nt):
     """``out[i] = formula(operands at i)`` for every ``i`` of the 1-D contiguous ``out``;
-    whole aligned lines with non-temporal stores when ``nt`` is true (follow with
-    :func:`fence`), else ordinary vector stores."""
+    whole aligned lines with non-temporal stores when ``nt`` is true and the run is
+    long enough (follow with :func:`fence`), else an ordinary loop."""
     if not isinstance(formula, types.StringLiteral):
         raise TypingError("stream_map: the formula must be a string literal")
     if not isinstance(out, types.Array) or out.ndim != 1 or not isinstance(out.dtype, types.Float):
@@ -217,27 +223,29 @@ def stream_map(typingctx, formula, out, operands, nt):
             with cgutils.for_range_slice(builder, lo, hi, ir.Constant(intp, 1)) as (i, _):
                 builder.store(scalar_at(i), builder.gep(odata, [i]), align=isz)
 
-        # head: elements before the first line boundary of out
-        addr = builder.ptrtoint(odata, intp)
-        misalign = builder.and_(builder.neg(addr), ir.Constant(intp, LINE - 1))
-        head = builder.udiv(misalign, ir.Constant(intp, isz))
-        head = builder.select(builder.icmp_signed("<", head, n), head, n)
-        lines = builder.sdiv(builder.sub(n, head), ir.Constant(intp, W))
-        body_end = builder.add(head, builder.mul(lines, ir.Constant(intp, W)))
-        scalar_loop(ir.Constant(intp, 0), head)
+        # Streaming pays on runs of several lines: there the head (elements before
+        # out's first line boundary) is written first, then whole aligned lines with
+        # non-temporal stores, then the tail. Otherwise one ordinary loop over the
+        # run, which LLVM vectorises as any other (unaligned) loop.
         nt_flag = context.cast(builder, nt_v, nt, types.boolean)
-        if not _X86:
-            nt_flag = cgutils.false_bit
+        long_run = builder.icmp_signed(">=", n, ir.Constant(intp, NT_MIN_RUN // isz))
+        use_nt = cgutils.false_bit if not _X86 else builder.and_(nt_flag, long_run)
         md = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
-        with builder.if_else(nt_flag) as (streamed, plain):
-            for temporal in (False, True):
-                with (plain if temporal else streamed):
-                    with cgutils.for_range_slice(builder, head, body_end, ir.Constant(intp, W)) as (i, _):
-                        dst = builder.bitcast(builder.gep(odata, [i]), vt.as_pointer())
-                        st = builder.store(vector_at(i), dst, align=LINE)
-                        if not temporal:
-                            st.set_metadata("nontemporal", md)
-        scalar_loop(body_end, n)
+        zero = ir.Constant(intp, 0)
+        with builder.if_else(use_nt) as (streamed, plain):
+            with streamed:
+                addr = builder.ptrtoint(odata, intp)
+                misalign = builder.and_(builder.neg(addr), ir.Constant(intp, LINE - 1))
+                head = builder.udiv(misalign, ir.Constant(intp, isz))
+                lines = builder.sdiv(builder.sub(n, head), ir.Constant(intp, W))
+                body_end = builder.add(head, builder.mul(lines, ir.Constant(intp, W)))
+                scalar_loop(zero, head)
+                with cgutils.for_range_slice(builder, head, body_end, ir.Constant(intp, W)) as (i, _):
+                    dst = builder.bitcast(builder.gep(odata, [i]), vt.as_pointer())
+                    builder.store(vector_at(i), dst, align=LINE).set_metadata("nontemporal", md)
+                scalar_loop(body_end, n)
+            with plain:
+                scalar_loop(zero, n)
         return context.get_dummy_value()
 
     return sig, codegen
