@@ -239,11 +239,16 @@ def stream_map(typingctx, formula, out, operands, nt):
                 head = builder.udiv(misalign, ir.Constant(intp, isz))
                 lines = builder.sdiv(builder.sub(n, head), ir.Constant(intp, W))
                 body_end = builder.add(head, builder.mul(lines, ir.Constant(intp, W)))
-                scalar_loop(zero, head)
                 with cgutils.for_range_slice(builder, head, body_end, ir.Constant(intp, W)) as (i, _):
                     dst = builder.bitcast(builder.gep(odata, [i]), vt.as_pointer())
                     builder.store(vector_at(i), dst, align=LINE).set_metadata("nontemporal", md)
-                scalar_loop(body_end, n)
+                # head and tail (under a line each) in one loop: k < head, then body_end + ...
+                edges = builder.add(head, builder.sub(n, body_end))
+                with cgutils.for_range(builder, edges) as loop:
+                    k = loop.index
+                    i = builder.select(builder.icmp_signed("<", k, head), k,
+                                       builder.add(body_end, builder.sub(k, head)))
+                    builder.store(scalar_at(i), builder.gep(odata, [i]), align=isz)
             with plain:
                 scalar_loop(zero, n)
         return context.get_dummy_value()
