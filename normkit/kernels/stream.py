@@ -6,7 +6,7 @@ write. On these machines writes are the scarce resource (BENCHMARKS.md), and
 the read-for-ownership is pure waste for an output that is overwritten whole.
 A non-temporal store of a full, aligned 64-byte line skips it and goes to
 memory through the write-combining buffers: measured here, ``y = (x - m)*a + b``
-over 25.7 MB takes 1.2-1.4 ms with them against 2.2-2.4 ms with ordinary stores
+over 25.7 MB takes 1.2-1.6 ms with them against 2.2-2.6 ms with ordinary stores
 (``docs/experiments/streaming_stores.py``).
 
 The trade-off: the output is not left in cache. That is no loss for outputs
@@ -14,11 +14,11 @@ larger than the caches, and a measured net gain down to a few MB; below
 :data:`STREAM_MIN_BYTES` ordinary stores are used. Nor do they pay where the
 output's memory is fresh from the operating system: its pages were just zeroed
 by the kernel, through the cache, and a non-temporal store to a cached dirty
-line costs more than an ordinary one (measured: 12% slower on 103 MB). glibc
+line costs more than an ordinary one (measured: 11-18% slower on 103-134 MB). glibc
 maps every block above 32 MiB afresh on each allocation, so outputs above
 :data:`STREAM_MAX_BYTES` use ordinary stores -- unless freed memory is kept for
 reuse (:func:`normkit.allocator.keep_freed_memory`, or ``MALLOC_MMAP_MAX_=0`` in
-the environment), where streaming them is 20-30% faster.
+the environment), where streaming them is 14-26% faster.
 :func:`streaming` turns the streaming stores off (or on again) for the whole
 process.
 

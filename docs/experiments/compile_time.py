@@ -1,0 +1,26 @@
+"""CPU and wall time of the first BatchNorm2d training step with an empty JIT cache, and
+the Numba functions that compiled longest. Usage: compile_time.py"""
+import os, tempfile, time, sys
+os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp()
+import torch
+from numba.core import event as ev
+import normkit.nn as nkn
+recs = []
+class L(ev.Listener):
+    def on_start(self, event): pass
+    def on_end(self, event): pass
+rec = ev.RecordingListener()
+ev.register("numba:compile", rec)
+torch.set_num_threads(2)
+bn = nkn.BatchNorm2d(32)
+xb = torch.randn(32, 32, 32, 32, requires_grad=True)
+import resource
+c0 = resource.getrusage(resource.RUSAGE_SELF); t = time.perf_counter(); bn(xb).sum().backward(); wall = time.perf_counter() - t; c1 = resource.getrusage(resource.RUSAGE_SELF); print("cpu %.2f s" % (c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime))
+starts = {}
+tot = {}
+for ts, e in rec.buffer:
+    key = e.data["dispatcher"].py_func.__qualname__ if e.data and "dispatcher" in e.data else str(e.data)
+    if e.is_start: starts[id(e.data)] = ts
+    else: tot[key] = tot.get(key, 0) + ts - starts.get(id(e.data), ts)
+print("wall %.2f s" % wall)
+for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:12]: print("%.2f  %s" % (v, k))
