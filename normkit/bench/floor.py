@@ -1,6 +1,6 @@
 """The memory floor: the simplest streaming operations that move a case's bytes.
 
-Measured in the same run as the peers, into memory that already exists:
+Timed interleaved with the peers of each case, into memory that already exists:
 
 * training forward: one full read (a sum) plus one copy;
 * inference forward: one copy;
@@ -16,13 +16,12 @@ from the operating system page by page -- any PyTorch peer pays it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Callable, Dict
 
 import torch
 
 from .cases import Case
 from .peers import make_input
-from .timing import measure_interleaved
 
 
 @dataclass(frozen=True)
@@ -31,32 +30,34 @@ class Floor:
     alloc: float  # extra seconds per freshly allocated output of the input's size
 
 
-_cache: Dict[Tuple, Tuple[float, float, float, float]] = {}
+#: Names of the streaming primitives, as timed beside the peers.
+PRIMITIVES = ("floor:read", "floor:copy", "floor:add", "floor:fresh")
 
 
-def _primitives(case: Case) -> Tuple[float, float, float, float]:
-    key = (case.shape, case.layout, case.dtype)
-    if key not in _cache:
-        x = make_input(case)
-        dy = make_input(case, seed=1)
-        out = torch.empty_like(x)
-        t = measure_interleaved({
-            "read": lambda: torch.sum(x),
-            "copy": lambda: out.copy_(x),
-            "add": lambda: torch.add(x, dy, out=out),
-            "fresh": lambda: torch.empty_like(x).copy_(x),
-        }, budget=0.2)
-        copy = t["copy"].median
-        _cache[key] = (t["read"].median, copy, t["add"].median, max(0.0, t["fresh"].median - copy))
-    return _cache[key]
+def primitive_callables(case: Case) -> Dict[str, Callable[[], object]]:
+    """The floor's streaming operations on tensors of the case's shape and layout, to be
+    timed interleaved with the peers (a floor measured apart would see another moment
+    of a noisy machine): a sum, a copy and an add into existing memory, and a copy into
+    a freshly allocated tensor."""
+    x = make_input(case)
+    dy = make_input(case, seed=1)
+    out = torch.empty_like(x)
+    return {
+        "floor:read": lambda: torch.sum(x),
+        "floor:copy": lambda: out.copy_(x),
+        "floor:add": lambda: torch.add(x, dy, out=out),
+        "floor:fresh": lambda: torch.empty_like(x).copy_(x),
+    }
 
 
-def floor(case: Case) -> Floor:
-    read, copy, add, alloc = _primitives(case)
+def floor(case: Case, seconds: Dict[str, float]) -> Floor:
+    """The floor of ``case`` from the primitives' median ``seconds`` (keyed as :data:`PRIMITIVES`)."""
+    read, copy, add = seconds["floor:read"], seconds["floor:copy"], seconds["floor:add"]
+    alloc = max(0.0, seconds["floor:fresh"] - copy)
     fwd = read + copy
     bwd = 2 * read + add
-    seconds = {"train_fwd": fwd, "eval_fwd": copy, "bwd": bwd, "fwd_bwd": fwd + bwd}[case.direction]
-    return Floor(seconds, alloc)
+    total = {"train_fwd": fwd, "eval_fwd": copy, "bwd": bwd, "fwd_bwd": fwd + bwd}[case.direction]
+    return Floor(total, alloc)
 
 
 def outputs_allocated(case: Case) -> int:

@@ -19,7 +19,7 @@ import normkit
 from . import report
 from .allocation import allocation_study
 from .cases import TRAFFIC, Case, default_cases
-from .floor import floor, outputs_allocated
+from .floor import PRIMITIVES, floor, outputs_allocated, primitive_callables
 from .model import fresh_process_costs, training_step
 from .peers import PEERS, make_callables
 from .timing import measure_interleaved
@@ -61,9 +61,10 @@ def _threading_layer() -> str:
 
 def run_case(case: Case, peers, budget: float) -> Dict[str, Any]:
     fns = make_callables(case, peers)
+    fns.update(primitive_callables(case))
     times = measure_interleaved(fns, budget=budget)
     nk = times["normkit"]
-    fl = floor(case)
+    fl = floor(case, {name: times[name].median for name in PRIMITIVES})
     k = outputs_allocated(case)
     row: Dict[str, Any] = {
         "case": case.label, "dir": case.direction, "group": case.group, "shape": list(case.shape),
