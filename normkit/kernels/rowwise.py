@@ -220,7 +220,8 @@ def _backward_chunked(dy, x, w, mean, rstd, center, dx, need_dx, chunk, coef, dw
         t0, t1 = span(wk, nw, R * K)
         for t in range(t0, t1):
             r, lo, hi = _chunk(t, K, D, chunk)
-            _row_dx(dy[r, lo:hi], x[r, lo:hi], dx[r, lo:hi], w[lo:hi], coef[0, r], coef[1, r], coef[2, r], coef[3, r], nt)
+            _row_dx(dy[r, lo:hi], x[r, lo:hi], dx[r, lo:hi], w[lo:hi], coef[0, r], coef[1, r], coef[2, r], coef[3, r],
+                    nt)
         fence(nt)
 
 
@@ -271,13 +272,15 @@ def row_forward(
     if D <= ROW_FUSE_MAX:
         mean = np.empty(R)
         var = np.empty(R)
-        (_forward_fused_par if par else _forward_fused_ser)(x, w, b, eps, center, out, mean, var, rstd, coef, streams(out.nbytes))
+        fn = _forward_fused_par if par else _forward_fused_ser
+        fn(x, w, b, eps, center, out, mean, var, rstd, coef, streams(out.nbytes))
         return mean, var, rstd
     mean, var = norm.moments(x.reshape(1, R, D))
     if not center:  # mean square = var + mean^2 (a sum of two non-negative terms: no cancellation)
         var = var + mean * mean
         mean = np.zeros(R)
-    (_apply_chunked_par if par else _apply_chunked_ser)(x, w, b, eps, mean, var, rstd, coef, out, ROW_CHUNK, streams(out.nbytes))
+    fn = _apply_chunked_par if par else _apply_chunked_ser
+    fn(x, w, b, eps, mean, var, rstd, coef, out, ROW_CHUNK, streams(out.nbytes))
     return mean, var, rstd
 
 

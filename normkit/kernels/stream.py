@@ -59,8 +59,8 @@ from numba.extending import intrinsic
 from ._jit import helper
 
 __all__ = [
-    "LINE", "NT_MIN_RUN", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "fence", "reused_memory", "span", "stream_map", "streaming",
-    "streams", "workers",
+    "LINE", "NT_MIN_RUN", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "fence", "reused_memory", "span", "stream_map",
+    "streaming", "streams", "workers",
 ]
 
 #: Bytes per cache line: the unit of one non-temporal vector store.
@@ -80,7 +80,11 @@ _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 # inside compiled code goes through a ctypes pointer, which Numba will not cache.
 _threads = getattr(numba.np.ufunc.parallel, "_iget_num_threads", None)
 if _threads is None:  # Numba's internals moved: a fixed count, enough for any machine's cores
-    _threads = helper(lambda: 256)
+
+    @helper
+    def _threads():
+        return 256
+
 _enabled = True
 _reused = os.environ.get("MALLOC_MMAP_MAX_") == "0"
 _FLAGS = ("contract",)
@@ -266,7 +270,8 @@ def fence(typingctx, nt):
         if _X86:
             flag = context.cast(builder, args[0], nt, types.boolean)
             with builder.if_then(flag):
-                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence")
+                fnty = ir.FunctionType(ir.VoidType(), [])
+                fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.sfence")
                 builder.call(fn, [])
         return context.get_dummy_value()
 
