@@ -19,9 +19,8 @@ SMALL = [(8, 16, 8, 8)]
 #: The family (issue 4): transformer rows for LayerNorm/RMSNorm, ResNet maps for GroupNorm/InstanceNorm.
 FAMILY = [
     ("LayerNorm", (8 * 512, 768)), ("LayerNorm", (4 * 2048, 4096)), ("RMSNorm", (8 * 512, 768)),
-    ("RMSNorm", (4 * 2048, 4096)), ("GroupNorm", (32, 256, 28, 28)), ("GroupNorm", (32, 64, 112, 112)),
-    ("InstanceNorm2d", (32, 256, 28, 28)), ("InstanceNorm2d", (32, 64, 112, 112)),
-]
+    ("RMSNorm", (4 * 2048, 4096)),
+] + [(layer, shape) for layer in ("GroupNorm", "InstanceNorm2d") for shape in [(32, 256, 28, 28)] + RESNET50]
 #: relu(BN(x) + z): normkit's BatchNormAct2d against torch's BN, add and ReLU.
 FUSED_ACT = [(32, 256, 28, 28), (32, 64, 112, 112)]
 BN1D = [(1024, 256), (8192, 512), (65536, 1024), (16384, 256)]
