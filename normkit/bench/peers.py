@@ -11,6 +11,7 @@ from torch import nn
 import normkit.nn as nkn
 from normkit import kernels, reference
 from normkit.kernels import grouped, rowwise
+from normkit.nn._bridge import as_view
 
 from .cases import Case
 
@@ -128,12 +129,8 @@ def _kernel_callable(case: Case) -> Optional[Callable[[], object]]:
     out = torch.empty_like(x)
     dx = torch.empty_like(x)
     if case.layer.startswith("BatchNorm"):
-        v = kernels.channel_view(x.shape, x.stride(), 1)
-
-        def view(t):
-            return (t.permute(v.perm) if v.perm else t).numpy().reshape(v.shape)
-
-        xv, gv, ov, dv = view(x), view(g), view(out), view(dx)
+        xv, v = as_view(x, 1)  # the layers' own zero-copy (P, C, L) views
+        gv, ov, dv = (as_view(t, 1, like=v)[0] for t in (g, out, dx))
         C = v.C
         w, b = np.ones(C, xv.dtype), np.zeros(C, xv.dtype)
         mean, var, rstd = kernels.forward_batch(xv, w, b, 1e-5, ov)
