@@ -174,6 +174,7 @@ def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused):
     monkeypatch.setattr(norm, "FUSE_MAX_CHANNEL_BYTES", 0 if fused == "two-pass" else 1 << 40)
     monkeypatch.setattr(norm, "SHORT_BACKWARD_RUN", 1 << 40 if fused == "short-run blocks" else 0)
     monkeypatch.setattr(norm, "SHORT_BACKWARD_COLS", 16)  # several channel blocks where there are channels
+    monkeypatch.setattr(norm, "SHORT_BACKWARD_MIN_ROWS", 1)
     monkeypatch.setattr(norm, "_num_threads", lambda: 1)  # fusion needs 2 channels per thread
     monkeypatch.setattr(stream, "STREAM_MIN_BYTES", 0 if streamed else 1 << 40)
     y, mean, var = batch_norm(x)
@@ -191,6 +192,15 @@ def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused):
     want = ref.batch_norm_backward(dy, x, rm, rv, w, training=False)
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, atol=1e-9)
+
+
+def test_short_run_backward_only_with_many_runs_per_channel():
+    """The blocked short-run backward is chosen where a channel has many short runs
+    (BatchNorm on a batch of 32 at 7x7), not for InstanceNorm's one run per instance."""
+    assert norm.short_backward_block(32, 2048, 49, 4) > 0
+    assert norm.short_backward_block(norm.SHORT_BACKWARD_MIN_ROWS, 2048, 49, 4) > 0
+    assert norm.short_backward_block(norm.SHORT_BACKWARD_MIN_ROWS - 1, 2048, 49, 4) == 0
+    assert norm.short_backward_block(1, 32 * 2048, 49, 4) == 0
 
 
 def test_shift_removes_cancellation():

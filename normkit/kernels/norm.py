@@ -54,6 +54,12 @@ FUSE_MAX_CHANNEL_BYTES = 1 << 20
 SHORT_BACKWARD_RUN = 256
 #: Columns a short-run backward block aims at.
 SHORT_BACKWARD_COLS = 1024
+#: Fewest rows ``P`` for the short-run backward: its per-block set-up (column
+#: accumulators, expanded coefficients) is paid back only over many scattered runs
+#: per channel. Measured on 12.8 MB at 7x7 (``docs/experiments/short_rows.py``): at
+#: ``P = 1`` (InstanceNorm's one run per instance) it is several times slower than
+#: the per-channel form, up to ``P = 16`` still slower or level, from ``P = 24`` faster.
+SHORT_BACKWARD_MIN_ROWS = 24
 
 
 def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
@@ -80,10 +86,12 @@ def fusable(P: int, C: int, L: int, itemsize: int, any_size: bool = False) -> bo
 def short_backward_block(P: int, C: int, L: int, itemsize: int) -> int:
     """Channels per task of the short-run fused backward, or 0 where it does not apply
     (runs outside ``[ROW_MIN, SHORT_BACKWARD_RUN]``, or one channel's ``dy`` and ``x``
-    beyond the cache budget). Two blocks per thread at least, for balance; the result
-    does not depend on the block size."""
+    beyond the cache budget, or fewer than :data:`SHORT_BACKWARD_MIN_ROWS` rows). Two
+    blocks per thread at least, for balance; the result does not depend on the block size."""
     per_channel = 2 * P * L * itemsize
-    if not ROW_MIN <= L <= SHORT_BACKWARD_RUN or per_channel > FUSE_MAX_CHANNEL_BYTES:
+    if not ROW_MIN <= L <= SHORT_BACKWARD_RUN or P < SHORT_BACKWARD_MIN_ROWS:
+        return 0
+    if per_channel > FUSE_MAX_CHANNEL_BYTES:
         return 0
     cb = min(-(-SHORT_BACKWARD_COLS // L), FUSE_MAX_CHANNEL_BYTES // per_channel, -(-C // (2 * _num_threads())))
     return max(1, cb)
