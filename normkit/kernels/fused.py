@@ -171,12 +171,8 @@ def _group_forward(x, G, w, b, eps, out, nt):
             k = np.float64(x[n, c0, 0])
             if not np.isfinite(k):
                 k = 0.0
-            s1 = 0.0
-            s2 = 0.0
-            for j in range(Cg):
-                a1, a2 = run_moments(x[n, c0 + j], k)
-                s1 += a1
-                s2 += a2
+            # the group's Cg*L values are contiguous: one run, not Cg short ones
+            s1, s2 = run_moments(x[n, c0:c0 + Cg].reshape(n_vals), k)
             mu, v = finish_moments(s1, s2, k, n_vals)
             r = 1.0 / np.sqrt(v + eps)
             mean[t] = mu
