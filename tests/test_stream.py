@@ -13,7 +13,7 @@ from numba.core.errors import TypingError
 import normkit.allocator as allocator
 import normkit.kernels.stream as stream
 import normkit.nn as nkn
-from normkit.kernels.stream import fence, stream_map
+from normkit.kernels.stream import fence, segment_map, segment_sums, stream_map
 
 
 @njit
@@ -68,6 +68,86 @@ def test_stream_map_formula_with_relu_propagates_nan(nt):
     want = np.where(raw < 0, 0.0, raw)  # NaN stays NaN, as torch.relu
     np.testing.assert_allclose(o, want, rtol=1e-14, atol=1e-14)
     assert np.isnan(o[[3, 50, 99]]).all()
+
+
+@njit
+def _segment_affine(x, o, m, a, b, seg_len, nt):
+    segment_map("0 1 - 2 * 3 +", o, (x, m), (a, b), seg_len, nt)
+    fence(nt)
+
+
+@st.composite
+def segmented(draw):
+    seg_len = draw(st.integers(1, 70))
+    segs = draw(st.integers(0, 12))
+    lead = draw(st.integers(0, 20))
+    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+    return seg_len, segs, lead, dtype, draw(st.booleans()), draw(st.integers(0, 2**31 - 1))
+
+
+@given(segmented())
+def test_segment_map_matches_numpy_at_every_alignment(case):
+    """Segments shorter than, equal to and longer than a vector, vectors straddling
+    boundaries, streamed and ordinary stores, every alignment of the run."""
+    seg_len, segs, lead, dtype, nt, seed = case
+    n = seg_len * segs
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=lead + n + 3).astype(dtype)
+    buf = np.full(lead + n + 3, 7.0, dtype)
+    a, b = rng.normal(size=(2, segs)).astype(dtype)
+    m = dtype.type(rng.normal())
+    _segment_affine(x[lead:lead + n], buf[lead:lead + n], m, a, b, seg_len, nt)
+    want = (x[lead:lead + n].astype(np.float64) - m) * np.repeat(a, seg_len) + np.repeat(b, seg_len)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(buf[lead:lead + n], want, rtol=tol, atol=tol * 10)
+    assert (buf[:lead] == 7).all() and (buf[lead + n:] == 7).all()
+
+
+@njit
+def _segment_sums(u, v, a, b, seg_len, s1, s2):
+    segment_sums(u, v, a, b, seg_len, s1, s2)
+
+
+@given(segmented())
+def test_segment_sums_match_numpy(case):
+    seg_len, segs, lead, dtype, _, seed = case
+    n = seg_len * segs
+    rng = np.random.default_rng(seed)
+    u = rng.normal(3.0, 2.0, size=lead + n).astype(dtype)[lead:]
+    v = rng.normal(size=lead + n).astype(dtype)[lead:]
+    s1 = np.full(segs + 2, 7.0)
+    s2 = np.full(segs + 2, 7.0)
+    _segment_sums(u, v, 2.5, -0.5, seg_len, s1[1:segs + 1], s2[1:segs + 1])
+    du = u.astype(np.float64) - 2.5
+    dv = v.astype(np.float64) + 0.5
+    np.testing.assert_allclose(s1[1:segs + 1], du.reshape(segs, seg_len).sum(axis=1), rtol=1e-12, atol=1e-11)
+    np.testing.assert_allclose(s2[1:segs + 1], (du * dv).reshape(segs, seg_len).sum(axis=1), rtol=1e-12, atol=1e-11)
+    assert s1[0] == s1[-1] == s2[0] == s2[-1] == 7  # nothing written outside the segments' entries
+
+
+def test_segment_sums_propagate_nan_to_their_segment_only():
+    x = np.arange(48, dtype=np.float32)
+    x[20] = np.nan  # segment 1 of 3 (16 values each)
+    s1, s2 = np.empty(3), np.empty(3)
+    _segment_sums(x, x, 0.0, 0.0, 16, s1, s2)
+    assert np.isnan(s1[1]) and np.isnan(s2[1])
+    np.testing.assert_allclose(s1[[0, 2]], [x[:16].sum(), x[32:].sum()])
+
+
+def test_segment_intrinsics_reject_bad_operands():
+    @njit
+    def seg_vector_scalar(x, o):
+        segment_map("0 1 *", o, (x,), (1.0,), 4, False)
+
+    with pytest.raises(TypingError, match="operand 0 must be an array"):
+        seg_vector_scalar(np.ones(8), np.ones(8))
+
+    @njit
+    def sums_f32_out(x, s):
+        segment_sums(x, x, 0.0, 0.0, 4, s, s)
+
+    with pytest.raises(TypingError, match="s1 must be a 1-D float64 array"):
+        sums_f32_out(np.ones(8), np.ones(2, np.float32))
 
 
 @pytest.mark.parametrize("formula,match", [
@@ -141,6 +221,7 @@ def test_keep_freed_memory_lifts_the_upper_bound(monkeypatch):
     ("bn", (4, 6, 5, 7), True),      # channels-last: two passes, rows swept several at a time
     ("ln", (9, 300), False),
     ("gn", (3, 8, 16, 16), False),
+    ("gn", (4, 32, 7, 7), False),    # a group's channels as segments of one streamed run
 ])
 def test_layers_with_streaming_stores_match_torch(monkeypatch, layer, shape, channels_last):
     """Every output of a training step and of inference written with streaming stores

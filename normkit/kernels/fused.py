@@ -28,9 +28,9 @@ from numba import prange
 
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
-from .elementwise import affine, affine2, expand
+from .elementwise import AFFINE, affine, affine2, expand
 from .reduce import finish_moments, run_moments, run_sums
-from .stream import fence, span, workers
+from .stream import fence, segment_map, segment_sums, span, workers
 
 __all__ = [
     "block_backward_par", "block_backward_ser", "channel_backward_par", "channel_backward_ser",
@@ -162,6 +162,7 @@ def _group_forward(x, G, w, b, eps, out, nt):
     rstd = np.empty(N * G)
     scratch = np.empty((N * G, 3), x.dtype)  # per-task coefficients (no allocation inside the loop)
     nw = workers(N * G)
+    coefs = np.empty((nw, 2, Cg), x.dtype)  # per worker: a group's per-channel (a, s)
     for wk in prange(nw):
         t0, t1 = span(wk, nw, N * G)
         for t in range(t0, t1):
@@ -179,11 +180,22 @@ def _group_forward(x, G, w, b, eps, out, nt):
             var[t] = v
             rstd[t] = r
             co = scratch[t]
+            a_c = coefs[wk, 0]
+            s_c = coefs[wk, 1]
             for j in range(Cg):
                 forward_coefs(mu, r, w, b, c0 + j, co)
-                affine(x[n, c0 + j], out[n, c0 + j], co[0], co[1], co[2], nt)
+                a_c[j] = co[1]
+                s_c[j] = co[2]
+            # the group's channels as segments of one run (m is the group's)
+            segment_map(AFFINE, out[n, c0:c0 + Cg].reshape(n_vals), (x[n, c0:c0 + Cg].reshape(n_vals), co[0]),
+                        (a_c, s_c), L, nt)
         fence(nt)
     return mean, var, rstd
+
+
+#: ``dx = dy * a + (x - m) * q + k`` (:data:`.elementwise.AFFINE2`'s operations) with
+#: operands ``(dy, x, q, m, k)`` and the per-channel ``a`` as the one segment vector.
+_GROUP_AFFINE2 = "0 5 * 1 3 - 2 * + 4 +"
 
 
 def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
@@ -196,6 +208,7 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
     M = Cg * L
     scratch = np.empty((N * G, 4), x.dtype)  # per-task (a, q, m, k) rounded to x's dtype
     nw = workers(N * G)
+    coefs = np.empty((nw, Cg), x.dtype)  # per worker: a group's per-channel a
     for wk in prange(nw):
         t0, t1 = span(wk, nw, N * G)
         for t in range(t0, t1):
@@ -204,25 +217,25 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
             c0 = g * Cg
             mu = mean[t]
             r = rstd[t]
+            gy = dy[n, c0:c0 + Cg].reshape(M)
+            gx = x[n, c0:c0 + Cg].reshape(M)
+            segment_sums(gy, gx, 0.0, mu, L, s1[n, c0:c0 + Cg], s2[n, c0:c0 + Cg])  # per channel
             S1 = 0.0
             S2 = 0.0
             for j in range(Cg):
-                c = c0 + j
-                a1, a2 = run_sums(dy[n, c], x[n, c], 0.0, mu)
-                s1[n, c] = a1
-                s2[n, c] = a2
-                wc = 1.0 if w is None else np.float64(w[c])
-                S1 += wc * a1
-                S2 += wc * a2
+                wc = 1.0 if w is None else np.float64(w[c0 + j])
+                S1 += wc * s1[n, c0 + j]
+                S2 += wc * s2[n, c0 + j]
             q = -r * r * r * S2 / M
             co = scratch[t]
             co[1] = q
             co[2] = mu
             co[3] = -r * S1 / M + q * (np.float64(co[2]) - mu)
+            a_c = coefs[wk]
             for j in range(Cg):
-                c = c0 + j
-                co[0] = r if w is None else r * w[c]
-                affine2(dy[n, c], x[n, c], dx[n, c], co[0], co[1], co[2], co[3], nt)
+                co[0] = r if w is None else r * w[c0 + j]
+                a_c[j] = co[0]
+            segment_map(_GROUP_AFFINE2, dx[n, c0:c0 + Cg].reshape(M), (gy, gx, co[1], co[2], co[3]), (a_c,), L, nt)
         fence(nt)
 
 

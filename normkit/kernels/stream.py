@@ -59,8 +59,8 @@ from numba.extending import intrinsic
 from ._jit import helper
 
 __all__ = [
-    "LINE", "NT_MIN_RUN", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "fence", "reused_memory", "span", "stream_map",
-    "streaming", "streams", "workers",
+    "LINE", "NT_MIN_RUN", "SEGMENT_VECTOR", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "fence", "reused_memory",
+    "segment_map", "segment_sums", "span", "stream_map", "streaming", "streams", "workers",
 ]
 
 #: Bytes per cache line: the unit of one non-temporal vector store.
@@ -71,6 +71,10 @@ STREAM_MIN_BYTES = 4 << 20
 #: (small maps such as 7x7) take ordinary stores: their head and tail elements,
 #: written one by one around the aligned lines, cost more than the lines save.
 NT_MIN_RUN = 8 * LINE
+#: Bytes per vector of :func:`segment_map`'s ordinary (not streamed) loop: 32-byte
+#: vectors, as LLVM's own loops here; a 64-byte unaligned store splits a cache line
+#: every time.
+SEGMENT_VECTOR = 32
 #: Largest output (bytes) written with streaming stores while glibc maps large
 #: blocks afresh on each allocation (its largest mmap threshold, on 64-bit).
 STREAM_MAX_BYTES = 32 << 20
@@ -255,6 +259,289 @@ def stream_map(typingctx, formula, out, operands, nt):
                     builder.store(scalar_at(i), builder.gep(odata, [i]), align=isz)
             with plain:
                 scalar_loop(zero, n)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _check_operands(name, out, operands, segments=False):
+    for i, op in enumerate(operands):
+        if isinstance(op, types.Array):
+            if op.ndim != 1 or op.dtype != out.dtype:
+                raise TypingError(f"{name}: operand {i} must be 1-D {out.dtype}, got {op}")
+        elif segments or not isinstance(op, (types.Float, types.Integer)):
+            what = "an array" if segments else "an array or a number"
+            raise TypingError(f"{name}: operand {i} must be {what}, got {op}")
+
+
+@intrinsic
+def segment_map(typingctx, formula, out, operands, segments, seg_len, nt):
+    """``out[i] = formula(operands at i, segments at i // seg_len)``: :func:`stream_map`
+    over a run made of segments of ``seg_len`` elements (the channels of a GroupNorm
+    group, consecutive InstanceNorm instances), each with its own coefficients.
+
+    ``segments`` is a tuple of 1-D arrays of the output's dtype, one entry per
+    segment; in the formula they follow ``operands`` (with two operands, the first
+    segment array is ``2``). The run is walked in whole vectors -- one
+    coefficient per vector, or two blended where a vector straddles a segment
+    boundary -- instead of one short loop per segment with its own remainder:
+    for segments shorter than a few vectors (7x7 and 14x14 maps) the per-segment
+    loops cost more than the data. With ``nt`` and a long enough run the
+    whole run is one stream of aligned lines (non-temporal stores, as
+    :func:`stream_map`). Segments shorter than one vector take a scalar loop.
+    """
+    if not isinstance(formula, types.StringLiteral):
+        raise TypingError("segment_map: the formula must be a string literal")
+    if not isinstance(out, types.Array) or out.ndim != 1 or not isinstance(out.dtype, types.Float):
+        raise TypingError(f"segment_map: out must be a 1-D float array, got {out}")
+    for name, tup in (("operands", operands), ("segments", segments)):
+        if not isinstance(tup, types.BaseTuple):
+            raise TypingError(f"segment_map: {name} must be a tuple, got {tup}")
+    _check_operands("segment_map", out, operands)
+    _check_operands("segment_map segments", out, segments, segments=True)
+    if not isinstance(seg_len, types.Integer):
+        raise TypingError(f"segment_map: seg_len must be an integer, got {seg_len}")
+    n_ops = len(operands)
+    tokens = _program(formula.literal_value, n_ops + len(segments))
+    sig = types.void(formula, out, operands, segments, seg_len, nt)
+
+    def codegen(context, builder, signature, args):
+        _, out_v, ops_v, segs_v, len_v, nt_v = args
+        ft = context.get_data_type(out.dtype)
+        isz = context.get_abi_sizeof(ft)
+        intp = context.get_value_type(types.intp)
+        i32 = ir.IntType(32)
+        oary = context.make_array(out)(context, builder, out_v)
+        n = builder.extract_value(oary.shape, 0)
+        odata = oary.data
+        L = context.cast(builder, len_v, seg_len, types.intp)
+        ptrs, scalars = {}, {}
+        for k, (op, v) in enumerate(zip(operands, cgutils.unpack_tuple(builder, ops_v, n_ops))):
+            if isinstance(op, types.Array):
+                ptrs[k] = context.make_array(op)(context, builder, v).data
+            else:
+                scalars[k] = context.cast(builder, v, op, out.dtype)
+        seg_ptrs = [context.make_array(op)(context, builder, v).data
+                    for op, v in zip(segments, cgutils.unpack_tuple(builder, segs_v, len(segments)))]
+        one = ir.Constant(intp, 1)
+        zero = ir.Constant(intp, 0)
+
+        def scalar_loop(lo, hi):
+            with cgutils.for_range_slice(builder, lo, hi, one) as (i, _):
+                j = builder.sdiv(i, L)
+
+                def load(k):
+                    if k in ptrs:
+                        return builder.load(builder.gep(ptrs[k], [i]), align=isz)
+                    if k in scalars:
+                        return scalars[k]
+                    return builder.load(builder.gep(seg_ptrs[k - n_ops], [j]), align=isz)
+                builder.store(_evaluate(builder, tokens, load, ir.Constant(ft, 0.0)), builder.gep(odata, [i]),
+                              align=isz)
+
+        def vector_loop(lo, hi, W, aligned):
+            """Vectors of W lanes at lo, lo + W, ... below hi; needs seg_len >= W."""
+            vt = ir.VectorType(ft, W)
+            idx_t = ir.VectorType(intp, W)
+            lanes = ir.Constant(idx_t, list(range(W)))
+            bcast = ir.Constant(ir.VectorType(i32, W), [0] * W)
+
+            def splat(val, ty):
+                v = builder.insert_element(ir.Constant(ty, ir.Undefined), val, ir.Constant(i32, 0))
+                return builder.shuffle_vector(v, ir.Constant(ty, ir.Undefined), bcast)
+
+            vscalars = {k: splat(s, vt) for k, s in scalars.items()}
+            j0 = builder.sdiv(lo, L)
+            seg = cgutils.alloca_once_value(builder, j0)
+            bound = cgutils.alloca_once_value(builder, builder.mul(builder.add(j0, one), L))
+            coef = [cgutils.alloca_once(builder, vt) for _ in seg_ptrs]
+            Wc = ir.Constant(intp, W)
+            with cgutils.for_range_slice(builder, lo, hi, Wc) as (i, _):
+                j = builder.load(seg)
+                b = builder.load(bound)
+                for slot, ptr in zip(coef, seg_ptrs):
+                    builder.store(splat(builder.load(builder.gep(ptr, [j]), align=isz), vt), slot)
+                straddles = builder.icmp_signed(">", builder.add(i, Wc), b)
+                with builder.if_then(straddles, likely=False):  # lanes from b on: the next segment
+                    nxt = builder.add(j, one)
+                    first = builder.icmp_signed("<", builder.add(splat(i, idx_t), lanes), splat(b, idx_t))
+                    for slot, ptr in zip(coef, seg_ptrs):
+                        hi_v = splat(builder.load(builder.gep(ptr, [nxt]), align=isz), vt)
+                        builder.store(builder.select(first, builder.load(slot), hi_v), slot)
+                    builder.store(nxt, seg)
+                    builder.store(builder.add(b, L), bound)
+
+                def load(k):
+                    if k in ptrs:
+                        return builder.load(builder.bitcast(builder.gep(ptrs[k], [i]), vt.as_pointer()), align=isz)
+                    if k in vscalars:
+                        return vscalars[k]
+                    return builder.load(coef[k - n_ops])
+                val = _evaluate(builder, tokens, load, ir.Constant(vt, None))
+                dst = builder.bitcast(builder.gep(odata, [i]), vt.as_pointer())
+                store = builder.store(val, dst, align=LINE if aligned else isz)
+                if aligned:
+                    store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(i32, 1)]))
+
+        W_line = LINE // isz
+        W_plain = SEGMENT_VECTOR // isz
+        nt_flag = context.cast(builder, nt_v, nt, types.boolean)
+        long_run = builder.icmp_signed(">=", n, ir.Constant(intp, NT_MIN_RUN // isz))
+        wide = builder.icmp_signed(">=", L, ir.Constant(intp, W_line))
+        use_nt = cgutils.false_bit if not _X86 else builder.and_(builder.and_(nt_flag, long_run), wide)
+        with builder.if_else(use_nt) as (streamed, plain):
+            with streamed:
+                addr = builder.ptrtoint(odata, intp)
+                head = builder.udiv(builder.and_(builder.neg(addr), ir.Constant(intp, LINE - 1)),
+                                    ir.Constant(intp, isz))
+                lines = builder.sdiv(builder.sub(n, head), ir.Constant(intp, W_line))
+                body_end = builder.add(head, builder.mul(lines, ir.Constant(intp, W_line)))
+                scalar_loop(zero, head)
+                vector_loop(head, body_end, W_line, True)
+                scalar_loop(body_end, n)
+            with plain:
+                Wp = ir.Constant(intp, W_plain)
+                vectors = builder.and_(builder.icmp_signed(">=", L, Wp), builder.icmp_signed(">=", n, Wp))
+                with builder.if_else(vectors) as (vec, scal):
+                    with vec:
+                        full = builder.sub(n, builder.srem(n, Wp))
+                        vector_loop(zero, full, W_plain, False)
+                        scalar_loop(full, n)
+                    with scal:
+                        scalar_loop(zero, n)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
+    """Per segment ``j`` of ``seg_len`` elements of the runs ``u`` and ``v``:
+    ``s1[j] = sum(u - a)``, ``s2[j] = sum((u - a) * (v - b))`` in float64 (the
+    paired sums of :mod:`.reduce` for many short segments of one contiguous run,
+    e.g. the channels of a GroupNorm group). Walked as :func:`segment_map`: whole
+    vectors, a vector that straddles a boundary split between the two segments by
+    lane masks, instead of one short loop per segment. ``len(u)`` must be a
+    multiple of ``seg_len``; segments shorter than one vector are summed by a
+    scalar loop."""
+    for name, arr in (("u", u), ("v", v)):
+        if not isinstance(arr, types.Array) or arr.ndim != 1 or not isinstance(arr.dtype, types.Float):
+            raise TypingError(f"segment_sums: {name} must be a 1-D float array, got {arr}")
+    if u.dtype != v.dtype:
+        raise TypingError(f"segment_sums: u and v must share a dtype, got {u.dtype} and {v.dtype}")
+    for name, arr in (("s1", s1), ("s2", s2)):
+        if not isinstance(arr, types.Array) or arr.ndim != 1 or arr.dtype != types.float64:
+            raise TypingError(f"segment_sums: {name} must be a 1-D float64 array, got {arr}")
+    if not isinstance(seg_len, types.Integer):
+        raise TypingError(f"segment_sums: seg_len must be an integer, got {seg_len}")
+    sig = types.void(u, v, types.float64, types.float64, types.intp, s1, s2)
+
+    def codegen(context, builder, signature, args):
+        u_v, v_v, a_v, b_v, len_v, s1_v, s2_v = args
+        ft = context.get_data_type(u.dtype)
+        isz = context.get_abi_sizeof(ft)
+        f64 = ir.DoubleType()
+        intp = context.get_value_type(types.intp)
+        i32 = ir.IntType(32)
+        uary = context.make_array(u)(context, builder, u_v)
+        n = builder.extract_value(uary.shape, 0)
+        up = uary.data
+        vp = context.make_array(v)(context, builder, v_v).data
+        o1 = context.make_array(s1)(context, builder, s1_v).data
+        o2 = context.make_array(s2)(context, builder, s2_v).data
+        L = len_v
+        one = ir.Constant(intp, 1)
+        zero = ir.Constant(intp, 0)
+        W = SEGMENT_VECTOR // isz
+        Wc = ir.Constant(intp, W)
+        vf = ir.VectorType(ft, W)
+        vd = ir.VectorType(f64, W)
+        idx_t = ir.VectorType(intp, W)
+        bcast = ir.Constant(ir.VectorType(i32, W), [0] * W)
+
+        def splat(val, ty):
+            x = builder.insert_element(ir.Constant(ty, ir.Undefined), val, ir.Constant(i32, 0))
+            return builder.shuffle_vector(x, ir.Constant(ty, ir.Undefined), bcast)
+
+        def widen(x, ty):
+            return x if ft == f64 else builder.fpext(x, ty)
+
+        def hsum(vec):
+            count = W
+            while count > 1:
+                half = count // 2
+                lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(i32, half), list(range(half))))
+                hi = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(i32, half), list(range(half, count))))
+                vec = builder.fadd(lo, hi)
+                count = half
+            return builder.extract_element(vec, ir.Constant(i32, 0))
+
+        zero_v = ir.Constant(vd, None)
+        zero_d = ir.Constant(f64, 0.0)
+        acc1 = cgutils.alloca_once_value(builder, zero_v)
+        acc2 = cgutils.alloca_once_value(builder, zero_v)
+        t1 = cgutils.alloca_once_value(builder, zero_d)
+        t2 = cgutils.alloca_once_value(builder, zero_d)
+        seg = cgutils.alloca_once_value(builder, zero)
+
+        def scalar_terms(i):
+            d = builder.fsub(widen(builder.load(builder.gep(up, [i]), align=isz), f64), a_v, flags=_FLAGS)
+            e = builder.fsub(widen(builder.load(builder.gep(vp, [i]), align=isz), f64), b_v, flags=_FLAGS)
+            return d, builder.fmul(d, e, flags=_FLAGS)
+
+        def add(slot, val):
+            builder.store(builder.fadd(builder.load(slot), val, flags=_FLAGS), slot)
+
+        def finish(j):
+            builder.store(builder.fadd(hsum(builder.load(acc1)), builder.load(t1)), builder.gep(o1, [j]))
+            builder.store(builder.fadd(hsum(builder.load(acc2)), builder.load(t2)), builder.gep(o2, [j]))
+
+        vectors = builder.and_(builder.icmp_signed(">=", L, Wc), builder.icmp_signed(">=", n, Wc))
+        with builder.if_else(vectors) as (vec, scal):
+            with vec:
+                bound = cgutils.alloca_once_value(builder, L)
+                lanes = ir.Constant(idx_t, list(range(W)))
+                full = builder.sub(n, builder.srem(n, Wc))
+                with cgutils.for_range_slice(builder, zero, full, Wc) as (i, _):
+                    def load(ptr, shift):
+                        x = builder.load(builder.bitcast(builder.gep(ptr, [i]), vf.as_pointer()), align=isz)
+                        return builder.fsub(widen(x, vd), splat(shift, vd), flags=_FLAGS)
+                    d = load(up, a_v)
+                    p = builder.fmul(d, load(vp, b_v), flags=_FLAGS)
+                    bnd = builder.load(bound)
+                    ends = builder.icmp_signed(">=", builder.add(i, Wc), bnd)
+                    with builder.if_else(ends, likely=False) as (split, inside):
+                        with inside:
+                            add(acc1, d)
+                            add(acc2, p)
+                        with split:  # lanes below the bound close this segment, the rest open the next
+                            first = builder.icmp_signed("<", builder.add(splat(i, idx_t), lanes), splat(bnd, idx_t))
+                            add(acc1, builder.select(first, d, zero_v))
+                            add(acc2, builder.select(first, p, zero_v))
+                            j = builder.load(seg)
+                            finish(j)
+                            builder.store(builder.select(first, zero_v, d), acc1)
+                            builder.store(builder.select(first, zero_v, p), acc2)
+                            builder.store(builder.add(j, one), seg)
+                            builder.store(builder.add(bnd, L), bound)
+                with builder.if_then(builder.icmp_signed("<", full, n)):  # the last segment's tail
+                    with cgutils.for_range_slice(builder, full, n, one) as (i, _):
+                        d, p = scalar_terms(i)
+                        add(t1, d)
+                        add(t2, p)
+                    finish(builder.load(seg))
+            with scal:
+                with cgutils.for_range(builder, n) as loop:
+                    i = loop.index
+                    d, p = scalar_terms(i)
+                    add(t1, d)
+                    add(t2, p)
+                    with builder.if_then(builder.icmp_signed("==", builder.srem(builder.add(i, one), L), zero)):
+                        j = builder.sdiv(i, L)
+                        builder.store(builder.load(t1), builder.gep(o1, [j]))
+                        builder.store(builder.load(t2), builder.gep(o2, [j]))
+                        builder.store(zero_d, t1)
+                        builder.store(zero_d, t2)
         return context.get_dummy_value()
 
     return sig, codegen
