@@ -158,7 +158,7 @@ def test_constant_channel_gives_bias(layout, dtype):
 @pytest.mark.parametrize("shape", [(3, 4, 50), (2, 8, 40), (2, 3, 7), (2, 4, 300), (1000, 3, 1), (5, 2100, 1)])
 def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused):
     """Tiny chunk and block sizes force every run to be split across tasks; each
-    backward form (two-pass, per-channel fused, short-run blocks) where it applies;
+    forward and backward form (two-pass, per-channel fused, short-run blocks) where it applies;
     outputs written with ordinary or streaming stores (runs shorter than, and
     straddling, cache lines)."""
     rng = np.random.default_rng(2)
@@ -173,6 +173,7 @@ def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused):
     monkeypatch.setattr(norm, "PARALLEL_MIN", 1 if parallel else 1 << 40)
     monkeypatch.setattr(norm, "FUSE_MAX_CHANNEL_BYTES", 0 if fused == "two-pass" else 1 << 40)
     monkeypatch.setattr(norm, "SHORT_BACKWARD_RUN", 1 << 40 if fused == "short-run blocks" else 0)
+    monkeypatch.setattr(norm, "SHORT_FORWARD_RUN", 1 << 40 if fused == "short-run blocks" else 0)
     monkeypatch.setattr(norm, "SHORT_BACKWARD_COLS", 16)  # several channel blocks where there are channels
     monkeypatch.setattr(norm, "SHORT_BACKWARD_MIN_ROWS", 1)
     monkeypatch.setattr(norm, "_num_threads", lambda: 1)  # fusion needs 2 channels per thread
@@ -227,6 +228,28 @@ def test_results_do_not_depend_on_thread_count():
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_short_run_forward_does_not_depend_on_block_size(monkeypatch):
+    """The short-run forward's blocks change with the thread count; every channel's
+    values still fall on the same vector lanes, so the statistics are bit-identical."""
+    x = np.random.default_rng(5).normal(2.0, 3.0, size=(6, 40, 49)).astype(np.float32)
+    sizes = {norm.short_forward_block(6, 40, 49, 4)}
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(norm, "_num_threads", lambda threads=threads: threads)
+        sizes.add(norm.short_forward_block(6, 40, 49, 4))
+        out = np.empty_like(x)
+        results.append((norm.forward_batch(x, None, None, 1e-5, out), out))
+    assert len(sizes) > 1 and 0 not in sizes
+    (m0, v0, _), y0 = results[0]
+    for (m, v, _), y in results[1:]:
+        np.testing.assert_array_equal(m, m0)
+        np.testing.assert_array_equal(v, v0)
+        np.testing.assert_array_equal(y, y0)
+    want_y, want_m, want_v = ref.batch_norm(x.astype(np.float64))
+    np.testing.assert_allclose(m0, want_m, rtol=1e-12)
+    np.testing.assert_allclose(v0, want_v, rtol=1e-10)
 
 
 @pytest.mark.parametrize("bad,exc,match", [

@@ -117,18 +117,25 @@ def test_segment_sums_match_numpy(case):
     v = rng.normal(size=lead + n).astype(dtype)[lead:]
     s1 = np.full(segs + 2, 7.0)
     s2 = np.full(segs + 2, 7.0)
-    _segment_sums(u, v, 2.5, -0.5, seg_len, s1[1:segs + 1], s2[1:segs + 1])
-    du = u.astype(np.float64) - 2.5
-    dv = v.astype(np.float64) + 0.5
-    np.testing.assert_allclose(s1[1:segs + 1], du.reshape(segs, seg_len).sum(axis=1), rtol=1e-12, atol=1e-11)
-    np.testing.assert_allclose(s2[1:segs + 1], (du * dv).reshape(segs, seg_len).sum(axis=1), rtol=1e-12, atol=1e-11)
+    start1, start2 = rng.normal(size=(2, segs))
+    s1[1:segs + 1], s2[1:segs + 1] = start1, start2
+    # shifts as numbers, and as one float64 per segment (vectors straddling two segments blend them)
+    per_segment = rng.normal(size=(2, segs))
+    a, b = (2.5, -0.5) if seed % 2 else (per_segment[0], per_segment[1])
+    _segment_sums(u, v, a, b, seg_len, s1[1:segs + 1], s2[1:segs + 1])
+    du = u.astype(np.float64) - np.repeat(np.broadcast_to(a, segs), seg_len)
+    dv = v.astype(np.float64) - np.repeat(np.broadcast_to(b, segs), seg_len)
+    want1 = start1 + du.reshape(segs, seg_len).sum(axis=1)  # the sums are added to what is there
+    want2 = start2 + (du * dv).reshape(segs, seg_len).sum(axis=1)
+    np.testing.assert_allclose(s1[1:segs + 1], want1, rtol=1e-12, atol=1e-11)
+    np.testing.assert_allclose(s2[1:segs + 1], want2, rtol=1e-12, atol=1e-11)
     assert s1[0] == s1[-1] == s2[0] == s2[-1] == 7  # nothing written outside the segments' entries
 
 
 def test_segment_sums_propagate_nan_to_their_segment_only():
     x = np.arange(48, dtype=np.float32)
     x[20] = np.nan  # segment 1 of 3 (16 values each)
-    s1, s2 = np.empty(3), np.empty(3)
+    s1, s2 = np.zeros(3), np.zeros(3)
     _segment_sums(x, x, 0.0, 0.0, 16, s1, s2)
     assert np.isnan(s1[1]) and np.isnan(s2[1])
     np.testing.assert_allclose(s1[[0, 2]], [x[:16].sum(), x[32:].sum()])
@@ -148,6 +155,13 @@ def test_segment_intrinsics_reject_bad_operands():
 
     with pytest.raises(TypingError, match="s1 must be a 1-D float64 array"):
         sums_f32_out(np.ones(8), np.ones(2, np.float32))
+
+    @njit
+    def sums_f32_shift(x, a, s):
+        segment_sums(x, x, a, 0.0, 4, s, s)
+
+    with pytest.raises(TypingError, match="a must be a number or a 1-D float64 array"):
+        sums_f32_shift(np.ones(8), np.ones(2, np.float32), np.zeros(2))
 
 
 @pytest.mark.parametrize("formula,match", [

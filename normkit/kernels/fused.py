@@ -29,13 +29,68 @@ from numba import prange
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
 from .elementwise import AFFINE, affine, affine2, expand
-from .reduce import finish_moments, run_moments, run_sums
+from .reduce import channel_shift, finish_moments, run_moments, run_sums
 from .stream import fence, segment_map, segment_sums, span, workers
 
 __all__ = [
-    "block_backward_par", "block_backward_ser", "channel_backward_par", "channel_backward_ser",
+    "block_backward_par", "block_backward_ser", "block_forward_par", "block_forward_ser", "channel_backward_par", "channel_backward_ser",
     "group_backward_par", "group_backward_ser", "group_forward_par", "group_forward_ser",
 ]
+
+
+def _block_forward(x, w, b, eps, out, cb, nt):
+    """Training forward for short runs, ``cb`` whole channels per task: a block's rows
+    (``cb*L`` contiguous values each) are summed per channel as segments of one run
+    (:func:`.stream.segment_sums`, shifted by each channel's first value), then the
+    coefficients computed and the rows written, while the block is in the core's cache
+    (:func:`.stream.segment_map`). The short-run counterpart of the per-channel
+    forward: no loop per run of ``L`` values, and the rows stream as long runs."""
+    P, C, L = x.shape
+    n = P * L
+    x2 = x.reshape(P, C * L)
+    o2 = out.reshape(P, C * L)
+    mean = np.empty(C)
+    var = np.empty(C)
+    rstd = np.empty(C)
+    shift = np.empty(C)
+    s1 = np.zeros(C)
+    s2 = np.zeros(C)
+    coefs = np.empty((3, C), x.dtype)  # per channel (m, a, s)
+    tasks = (C + cb - 1) // cb
+    nw = workers(tasks)
+    scratch = np.empty((nw, 3), x.dtype)
+    for wk in prange(nw):
+        t0, t1 = span(wk, nw, tasks)
+        co = scratch[wk]
+        for t in range(t0, t1):
+            c0 = t * cb
+            c1 = min(C, c0 + cb)
+            j0 = c0 * L
+            j1 = c1 * L
+            for c in range(c0, c1):
+                shift[c] = channel_shift(x, c)
+            for p in range(P):
+                segment_sums(x2[p, j0:j1], x2[p, j0:j1], shift[c0:c1], shift[c0:c1], L, s1[c0:c1], s2[c0:c1])
+            for c in range(c0, c1):
+                mu, v = finish_moments(s1[c], s2[c], shift[c], n)
+                r = 1.0 / np.sqrt(v + eps)
+                mean[c] = mu
+                var[c] = v
+                rstd[c] = r
+                forward_coefs(mu, r, w, b, c, co)
+                coefs[0, c] = co[0]
+                coefs[1, c] = co[1]
+                coefs[2, c] = co[2]
+            for p in range(P):
+                segment_map(AFFINE, o2[p, j0:j1], (x2[p, j0:j1],), (coefs[0, c0:c1], coefs[1, c0:c1], coefs[2, c0:c1]),
+                            L, nt)
+        fence(nt)
+    return mean, var, rstd
+
+
+#: ``block_forward(x, w, b, eps, out, cb, nt) -> (mean, var, rstd)``: the short-run training
+#: forward, ``cb`` channels per task.
+block_forward_par, block_forward_ser = twin(_block_forward)
 
 
 def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, nt):
@@ -200,8 +255,8 @@ _GROUP_AFFINE2 = "0 5 * 1 3 - 2 * + 4 +"
 
 def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
     """GroupNorm backward on contiguous ``(N, C, L)``: per (sample, group) the
-    per-channel ``s1 = sum(dy)``, ``s2 = sum(dy * (x - mu))`` (written to ``s1``/``s2``,
-    shape ``(N, C)``, for the parameter gradients), the group's weighted sums, then
+    per-channel ``s1 = sum(dy)``, ``s2 = sum(dy * (x - mu))`` (added to ``s1``/``s2``,
+    shape ``(N, C)``, zero on entry; for the parameter gradients), the group's weighted sums, then
     ``dx = rstd*w_c*dy - rstd^3*S2/M * (x - mu) - rstd*S1/M`` channel by channel."""
     N, C, L = x.shape
     Cg = C // G
@@ -241,5 +296,6 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
 
 #: ``group_forward(x, G, w, b, eps, out, nt) -> (mean, var, rstd)`` of shape ``(N*G,)``.
 group_forward_par, group_forward_ser = twin(_group_forward)
-#: ``group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt)``: fills ``dx`` and the ``(N, C)`` sums.
+#: ``group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt)``: fills ``dx`` and adds the ``(N, C)`` sums
+#: to ``s1``/``s2`` (zeros on entry).
 group_backward_par, group_backward_ser = twin(_group_backward)

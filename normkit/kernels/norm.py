@@ -24,17 +24,21 @@ launch would cost more than the work; each is compiled only when first used.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numba
 import numpy as np
 
-from . import elementwise, reduce
+from . import elementwise, reduce, stream
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs
 from .act import act_forward
 from .elementwise import affine2_par, affine2_ser, affine_par, affine_ser
-from .fused import block_backward_par, block_backward_ser, channel_backward_par, channel_backward_ser
+from .fused import (
+    block_backward_par, block_backward_ser, block_forward_par, block_forward_ser, channel_backward_par,
+    channel_backward_ser,
+)
 from .reduce import ROW_MIN, channel_shift, finish_moments, sums_par, sums_ser
 from .stream import streams
 
@@ -54,6 +58,10 @@ FUSE_MAX_CHANNEL_BYTES = 1 << 20
 SHORT_BACKWARD_RUN = 256
 #: Columns a short-run backward block aims at.
 SHORT_BACKWARD_COLS = 1024
+#: Longest run for which the training forward takes the short-run blocked form
+#: (:func:`.fused.block_forward_par`: blocks of channels, their rows walked as
+#: segments of long runs).
+SHORT_FORWARD_RUN = 256
 #: Fewest rows ``P`` for the short-run backward: its per-block set-up (column
 #: accumulators, expanded coefficients) is paid back only over many scattered runs
 #: per channel. Measured on 12.8 MB at 7x7 (``docs/experiments/short_rows.py``): at
@@ -95,6 +103,25 @@ def short_backward_block(P: int, C: int, L: int, itemsize: int) -> int:
         return 0
     cb = min(-(-SHORT_BACKWARD_COLS // L), FUSE_MAX_CHANNEL_BYTES // per_channel, -(-C // (2 * _num_threads())))
     return max(1, cb)
+
+
+def short_forward_block(P: int, C: int, L: int, itemsize: int) -> int:
+    """Channels per task of the short-run training forward, or 0 where it does not apply
+    (runs outside ``[ROW_MIN, SHORT_FORWARD_RUN]``, or one channel beyond the cache
+    budget). A block's data stays within the budget, with two tasks per thread at
+    least; the block is a multiple of the channels that fill whole vectors of
+    :func:`.stream.segment_sums`, so every channel's values fall on the same vector
+    lanes whatever the block size, and the results do not depend on the thread count."""
+    per_channel = P * L * itemsize
+    if not ROW_MIN <= L <= SHORT_FORWARD_RUN or per_channel > FUSE_MAX_CHANNEL_BYTES:
+        return 0
+    threads = _num_threads()
+    tasks = max(2 * threads, -(-C * per_channel // FUSE_MAX_CHANNEL_BYTES))
+    tasks = -(-tasks // threads) * threads
+    lanes = stream.SEGMENT_VECTOR // itemsize
+    unit = lanes // math.gcd(L, lanes)
+    per_task = -(-C // tasks)
+    return -(-per_task // unit) * unit
 
 
 def _config(x: np.ndarray, want_fused: bool = False, out: Optional[np.ndarray] = None):
@@ -224,6 +251,7 @@ _fused_forward = act_forward[0]  # the per-channel forward with no activation an
 _NO_STATS = np.empty(0)
 _fused_backward = (channel_backward_par, channel_backward_ser)
 _block_backward = (block_backward_par, block_backward_ser)
+_block_forward = (block_forward_par, block_forward_ser)
 
 
 def _pick(pair, par: bool):
@@ -243,6 +271,9 @@ def forward_batch(
     Statistics are float64 one-pass shifted sums (:mod:`.reduce`).
     """
     par, fused, cfg = _config(x, want_fused=True, out=out)
+    cb = short_forward_block(*x.shape, x.itemsize)
+    if cb:
+        return _pick(_block_forward, par)(x, weight, bias, float(eps), out, cb, bool(cfg[5]))
     if fused:
         return _pick(_fused_forward, par)(x, None, weight, bias, float(eps), out, True, _NO_STATS, _NO_STATS,
                                           bool(cfg[5]))

@@ -416,10 +416,12 @@ def segment_map(typingctx, formula, out, operands, segments, seg_len, nt):
 
 @intrinsic
 def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
-    """Per segment ``j`` of ``seg_len`` elements of the runs ``u`` and ``v``:
-    ``s1[j] = sum(u - a)``, ``s2[j] = sum((u - a) * (v - b))`` in float64 (the
-    paired sums of :mod:`.reduce` for many short segments of one contiguous run,
-    e.g. the channels of a GroupNorm group). Walked as :func:`segment_map`: whole
+    """Per segment ``j`` of ``seg_len`` elements of the runs ``u`` and ``v``, adds
+    ``sum(u - a)`` to ``s1[j]`` and ``sum((u - a) * (v - b))`` to ``s2[j]``, in
+    float64 (the paired sums of :mod:`.reduce` for many short segments of one
+    contiguous run: the channels of a GroupNorm group, or of one row of a block of
+    BatchNorm channels). The shifts ``a`` and ``b`` are numbers, or float64 arrays
+    with one entry per segment. Walked as :func:`segment_map`: whole
     vectors, a vector that straddles a boundary split between the two segments by
     lane masks, instead of one short loop per segment. ``len(u)`` must be a
     multiple of ``seg_len``; segments shorter than one vector are summed by a
@@ -432,9 +434,16 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
     for name, arr in (("s1", s1), ("s2", s2)):
         if not isinstance(arr, types.Array) or arr.ndim != 1 or arr.dtype != types.float64:
             raise TypingError(f"segment_sums: {name} must be a 1-D float64 array, got {arr}")
+    for name, shift in (("a", a), ("b", b)):
+        if isinstance(shift, types.Array):
+            if shift.ndim != 1 or shift.dtype != types.float64:
+                raise TypingError(f"segment_sums: {name} must be a number or a 1-D float64 array, got {shift}")
+        elif not isinstance(shift, (types.Float, types.Integer)):
+            raise TypingError(f"segment_sums: {name} must be a number or a 1-D float64 array, got {shift}")
     if not isinstance(seg_len, types.Integer):
         raise TypingError(f"segment_sums: seg_len must be an integer, got {seg_len}")
-    sig = types.void(u, v, types.float64, types.float64, types.intp, s1, s2)
+    shifts = tuple(sh if isinstance(sh, types.Array) else types.float64 for sh in (a, b))
+    sig = types.void(u, v, shifts[0], shifts[1], types.intp, s1, s2)
 
     def codegen(context, builder, signature, args):
         u_v, v_v, a_v, b_v, len_v, s1_v, s2_v = args
@@ -476,6 +485,15 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
                 count = half
             return builder.extract_element(vec, ir.Constant(i32, 0))
 
+        shift_ptrs = [context.make_array(sh)(context, builder, val).data if isinstance(sh, types.Array) else None
+                      for sh, val in zip(shifts, (a_v, b_v))]
+
+        def shift_at(k, j):
+            """Shift ``k`` (0: a, 1: b) of segment ``j``, float64."""
+            if shift_ptrs[k] is None:
+                return (a_v, b_v)[k]
+            return builder.load(builder.gep(shift_ptrs[k], [j]))
+
         zero_v = ir.Constant(vd, None)
         zero_d = ir.Constant(f64, 0.0)
         acc1 = cgutils.alloca_once_value(builder, zero_v)
@@ -484,17 +502,21 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
         t2 = cgutils.alloca_once_value(builder, zero_d)
         seg = cgutils.alloca_once_value(builder, zero)
 
-        def scalar_terms(i):
-            d = builder.fsub(widen(builder.load(builder.gep(up, [i]), align=isz), f64), a_v, flags=_FLAGS)
-            e = builder.fsub(widen(builder.load(builder.gep(vp, [i]), align=isz), f64), b_v, flags=_FLAGS)
+        def scalar_terms(i, j):
+            d = builder.fsub(widen(builder.load(builder.gep(up, [i]), align=isz), f64), shift_at(0, j), flags=_FLAGS)
+            e = builder.fsub(widen(builder.load(builder.gep(vp, [i]), align=isz), f64), shift_at(1, j), flags=_FLAGS)
             return d, builder.fmul(d, e, flags=_FLAGS)
 
         def add(slot, val):
             builder.store(builder.fadd(builder.load(slot), val, flags=_FLAGS), slot)
 
+        def accumulate(out, j, val):
+            ptr = builder.gep(out, [j])
+            builder.store(builder.fadd(builder.load(ptr), val), ptr)
+
         def finish(j):
-            builder.store(builder.fadd(hsum(builder.load(acc1)), builder.load(t1)), builder.gep(o1, [j]))
-            builder.store(builder.fadd(hsum(builder.load(acc2)), builder.load(t2)), builder.gep(o2, [j]))
+            accumulate(o1, j, builder.fadd(hsum(builder.load(acc1)), builder.load(t1)))
+            accumulate(o2, j, builder.fadd(hsum(builder.load(acc2)), builder.load(t2)))
 
         vectors = builder.and_(builder.icmp_signed(">=", L, Wc), builder.icmp_signed(">=", n, Wc))
         with builder.if_else(vectors) as (vec, scal):
@@ -503,22 +525,32 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
                 lanes = ir.Constant(idx_t, list(range(W)))
                 full = builder.sub(n, builder.srem(n, Wc))
                 with cgutils.for_range_slice(builder, zero, full, Wc) as (i, _):
+                    bnd = builder.load(bound)
+                    j = builder.load(seg)
+                    ends = builder.icmp_signed(">=", builder.add(i, Wc), bnd)
+                    first = builder.icmp_signed("<", builder.add(splat(i, idx_t), lanes), splat(bnd, idx_t))
+
+                    def shift_vector(k):
+                        here = splat(shift_at(k, j), vd)
+                        if shift_ptrs[k] is None:
+                            return here
+                        # a straddling vector's lanes from the bound on take the next segment's
+                        # shift (read only then: past the last segment there is none)
+                        nxt = builder.add(j, builder.zext(builder.icmp_signed(">", builder.add(i, Wc), bnd), intp))
+                        return builder.select(first, here, splat(shift_at(k, nxt), vd))
+
                     def load(ptr, shift):
                         x = builder.load(builder.bitcast(builder.gep(ptr, [i]), vf.as_pointer()), align=isz)
-                        return builder.fsub(widen(x, vd), splat(shift, vd), flags=_FLAGS)
-                    d = load(up, a_v)
-                    p = builder.fmul(d, load(vp, b_v), flags=_FLAGS)
-                    bnd = builder.load(bound)
-                    ends = builder.icmp_signed(">=", builder.add(i, Wc), bnd)
+                        return builder.fsub(widen(x, vd), shift, flags=_FLAGS)
+                    d = load(up, shift_vector(0))
+                    p = builder.fmul(d, load(vp, shift_vector(1)), flags=_FLAGS)
                     with builder.if_else(ends, likely=False) as (split, inside):
                         with inside:
                             add(acc1, d)
                             add(acc2, p)
                         with split:  # lanes below the bound close this segment, the rest open the next
-                            first = builder.icmp_signed("<", builder.add(splat(i, idx_t), lanes), splat(bnd, idx_t))
                             add(acc1, builder.select(first, d, zero_v))
                             add(acc2, builder.select(first, p, zero_v))
-                            j = builder.load(seg)
                             finish(j)
                             builder.store(builder.select(first, zero_v, d), acc1)
                             builder.store(builder.select(first, zero_v, p), acc2)
@@ -526,20 +558,20 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
                             builder.store(builder.add(bnd, L), bound)
                 with builder.if_then(builder.icmp_signed("<", full, n)):  # the last segment's tail
                     with cgutils.for_range_slice(builder, full, n, one) as (i, _):
-                        d, p = scalar_terms(i)
+                        d, p = scalar_terms(i, builder.load(seg))
                         add(t1, d)
                         add(t2, p)
                     finish(builder.load(seg))
             with scal:
                 with cgutils.for_range(builder, n) as loop:
                     i = loop.index
-                    d, p = scalar_terms(i)
+                    j = builder.sdiv(i, L)
+                    d, p = scalar_terms(i, j)
                     add(t1, d)
                     add(t2, p)
                     with builder.if_then(builder.icmp_signed("==", builder.srem(builder.add(i, one), L), zero)):
-                        j = builder.sdiv(i, L)
-                        builder.store(builder.load(t1), builder.gep(o1, [j]))
-                        builder.store(builder.load(t2), builder.gep(o2, [j]))
+                        accumulate(o1, j, builder.load(t1))
+                        accumulate(o2, j, builder.load(t2))
                         builder.store(zero_d, t1)
                         builder.store(zero_d, t2)
         return context.get_dummy_value()
