@@ -172,10 +172,7 @@ def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused):
     monkeypatch.setattr(elementwise, "ROW_BLOCK_ELEMS", 64)
     monkeypatch.setattr(norm, "PARALLEL_MIN", 1 if parallel else 1 << 40)
     monkeypatch.setattr(norm, "FUSE_MAX_CHANNEL_BYTES", 0 if fused == "two-pass" else 1 << 40)
-    monkeypatch.setattr(norm, "SHORT_BACKWARD_RUN", 1 << 40 if fused == "short-run blocks" else 0)
-    monkeypatch.setattr(norm, "SHORT_FORWARD_RUN", 1 << 40 if fused == "short-run blocks" else 0)
-    monkeypatch.setattr(norm, "SHORT_BACKWARD_COLS", 16)  # several channel blocks where there are channels
-    monkeypatch.setattr(norm, "SHORT_BACKWARD_MIN_ROWS", 1)
+    monkeypatch.setattr(norm, "SHORT_BLOCK_RUN", 1 << 40 if fused == "short-run blocks" else 0)
     monkeypatch.setattr(norm, "_num_threads", lambda: 1)  # fusion needs 2 channels per thread
     monkeypatch.setattr(stream, "STREAM_MIN_BYTES", 0 if streamed else 1 << 40)
     y, mean, var = batch_norm(x)
@@ -195,13 +192,15 @@ def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused):
         np.testing.assert_allclose(g, r, atol=1e-9)
 
 
-def test_short_run_backward_only_with_many_runs_per_channel():
-    """The blocked short-run backward is chosen where a channel has many short runs
-    (BatchNorm on a batch of 32 at 7x7), not for InstanceNorm's one run per instance."""
-    assert norm.short_backward_block(32, 2048, 49, 4) > 0
-    assert norm.short_backward_block(norm.SHORT_BACKWARD_MIN_ROWS, 2048, 49, 4) > 0
-    assert norm.short_backward_block(norm.SHORT_BACKWARD_MIN_ROWS - 1, 2048, 49, 4) == 0
-    assert norm.short_backward_block(1, 32 * 2048, 49, 4) == 0
+def test_short_blocks_where_runs_are_short():
+    """The short-run forms take 7x7 and 14x14 maps, with many runs per channel
+    (BatchNorm) or one (InstanceNorm's view), not 28x28 nor channels that exceed the
+    cache budget; blocks cover the channels in about two tasks per thread at least."""
+    for P, C, L in ((32, 2048, 49), (32, 1024, 196), (1, 32 * 2048, 49)):
+        cb = norm.short_block(P, C, L, 4)
+        assert 0 < cb and -(-C // cb) >= 2 * norm._num_threads() - 1
+    assert norm.short_block(32, 512, 784, 4) == 0
+    assert norm.short_block(8192, 64, 49, 4) == 0  # one channel beyond the cache budget
 
 
 def test_shift_removes_cancellation():
@@ -230,26 +229,29 @@ def test_results_do_not_depend_on_thread_count():
     np.testing.assert_array_equal(results[0], results[1])
 
 
-def test_short_run_forward_does_not_depend_on_block_size(monkeypatch):
-    """The short-run forward's blocks change with the thread count; every channel's
-    values still fall on the same vector lanes, so the statistics are bit-identical."""
-    x = np.random.default_rng(5).normal(2.0, 3.0, size=(6, 40, 49)).astype(np.float32)
-    sizes = {norm.short_forward_block(6, 40, 49, 4)}
+def test_short_runs_do_not_depend_on_block_size(monkeypatch):
+    """The short-run forms' blocks change with the thread count; every channel's
+    values still fall on the same vector lanes, so results are bit-identical."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(2.0, 3.0, size=(6, 40, 49)).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    w = rng.uniform(0.5, 2.0, 40).astype(np.float32)
+    sizes = set()
     results = []
     for threads in (1, 2, 3):
         monkeypatch.setattr(norm, "_num_threads", lambda threads=threads: threads)
-        sizes.add(norm.short_forward_block(6, 40, 49, 4))
-        out = np.empty_like(x)
-        results.append((norm.forward_batch(x, None, None, 1e-5, out), out))
+        sizes.add(norm.short_block(6, 40, 49, 4))
+        out, dx = np.empty_like(x), np.empty_like(x)
+        mean, var, rstd = norm.forward_batch(x, w, None, 1e-5, out)
+        dw, db = norm.backward(dy, x, mean, rstd, w, True, dx)
+        results.append((mean, var, out, dx, dw, db))
     assert len(sizes) > 1 and 0 not in sizes
-    (m0, v0, _), y0 = results[0]
-    for (m, v, _), y in results[1:]:
-        np.testing.assert_array_equal(m, m0)
-        np.testing.assert_array_equal(v, v0)
-        np.testing.assert_array_equal(y, y0)
+    for other in results[1:]:
+        for got, first in zip(other, results[0]):
+            np.testing.assert_array_equal(got, first)
     want_y, want_m, want_v = ref.batch_norm(x.astype(np.float64))
-    np.testing.assert_allclose(m0, want_m, rtol=1e-12)
-    np.testing.assert_allclose(v0, want_v, rtol=1e-10)
+    np.testing.assert_allclose(results[0][0], want_m, rtol=1e-12)
+    np.testing.assert_allclose(results[0][1], want_v, rtol=1e-10)
 
 
 @pytest.mark.parametrize("bad,exc,match", [

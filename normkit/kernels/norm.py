@@ -52,22 +52,12 @@ PARALLEL_MIN = 1 << 15
 #: Largest channel (bytes) processed by the per-channel fused passes (:mod:`.fused`):
 #: about half a core's L2 cache on current x86 server parts.
 FUSE_MAX_CHANNEL_BYTES = 1 << 20
-#: Longest run for which the backward takes the short-run fused form (blocks of
-#: channels swept row by row, :func:`.fused.block_backward_par`); measured: 3x the
-#: per-channel form on 7x7 maps, 1.4x on 14x14, 0.8x on 28x28.
-SHORT_BACKWARD_RUN = 256
-#: Columns a short-run backward block aims at.
-SHORT_BACKWARD_COLS = 1024
-#: Longest run for which the training forward takes the short-run blocked form
-#: (:func:`.fused.block_forward_par`: blocks of channels, their rows walked as
-#: segments of long runs).
-SHORT_FORWARD_RUN = 256
-#: Fewest rows ``P`` for the short-run backward: its per-block set-up (column
-#: accumulators, expanded coefficients) is paid back only over many scattered runs
-#: per channel. Measured on 12.8 MB at 7x7 (``docs/experiments/short_rows.py``): at
-#: ``P = 1`` (InstanceNorm's one run per instance) it is several times slower than
-#: the per-channel form, up to ``P = 16`` still slower or level, from ``P = 24`` faster.
-SHORT_BACKWARD_MIN_ROWS = 24
+#: Longest run for which the training forward and backward take the short-run
+#: blocked forms (:func:`.fused.block_forward_par`, :func:`.fused.block_backward_par`:
+#: blocks of whole channels whose rows are walked as runs of segments). Measured on
+#: 7x7 and 14x14 maps (``docs/experiments/segments.py``): faster than the
+#: per-channel forms on both; beyond that the per-channel runs are long enough.
+SHORT_BLOCK_RUN = 256
 
 
 def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
@@ -91,29 +81,15 @@ def fusable(P: int, C: int, L: int, itemsize: int, any_size: bool = False) -> bo
     return L >= ROW_MIN and fits and C >= 2 * _num_threads()
 
 
-def short_backward_block(P: int, C: int, L: int, itemsize: int) -> int:
-    """Channels per task of the short-run fused backward, or 0 where it does not apply
-    (runs outside ``[ROW_MIN, SHORT_BACKWARD_RUN]``, or one channel's ``dy`` and ``x``
-    beyond the cache budget, or fewer than :data:`SHORT_BACKWARD_MIN_ROWS` rows). Two
-    blocks per thread at least, for balance; the result does not depend on the block size."""
-    per_channel = 2 * P * L * itemsize
-    if not ROW_MIN <= L <= SHORT_BACKWARD_RUN or P < SHORT_BACKWARD_MIN_ROWS:
-        return 0
-    if per_channel > FUSE_MAX_CHANNEL_BYTES:
-        return 0
-    cb = min(-(-SHORT_BACKWARD_COLS // L), FUSE_MAX_CHANNEL_BYTES // per_channel, -(-C // (2 * _num_threads())))
-    return max(1, cb)
-
-
-def short_forward_block(P: int, C: int, L: int, itemsize: int) -> int:
-    """Channels per task of the short-run training forward, or 0 where it does not apply
-    (runs outside ``[ROW_MIN, SHORT_FORWARD_RUN]``, or one channel beyond the cache
+def short_block(P: int, C: int, L: int, itemsize: int) -> int:
+    """Channels per task of the short-run forward and backward, or 0 where they do not
+    apply (runs outside ``[ROW_MIN, SHORT_BLOCK_RUN]``, or one channel beyond the cache
     budget). A block's data stays within the budget, with two tasks per thread at
     least; the block is a multiple of the channels that fill whole vectors of
     :func:`.stream.segment_sums`, so every channel's values fall on the same vector
     lanes whatever the block size, and the results do not depend on the thread count."""
     per_channel = P * L * itemsize
-    if not ROW_MIN <= L <= SHORT_FORWARD_RUN or per_channel > FUSE_MAX_CHANNEL_BYTES:
+    if not ROW_MIN <= L <= SHORT_BLOCK_RUN or per_channel > FUSE_MAX_CHANNEL_BYTES:
         return 0
     threads = _num_threads()
     tasks = max(2 * threads, -(-C * per_channel // FUSE_MAX_CHANNEL_BYTES))
@@ -271,7 +247,7 @@ def forward_batch(
     Statistics are float64 one-pass shifted sums (:mod:`.reduce`).
     """
     par, fused, cfg = _config(x, want_fused=True, out=out)
-    cb = short_forward_block(*x.shape, x.itemsize)
+    cb = short_block(*x.shape, x.itemsize)
     if cb:
         return _pick(_block_forward, par)(x, weight, bias, float(eps), out, cb, bool(cfg[5]))
     if fused:
@@ -307,7 +283,7 @@ def backward(
     need_dx = dx is not None
     nt = bool(cfg[5])
     target = dx if need_dx else np.empty((0, 0, 0), x.dtype)
-    cb = short_backward_block(*x.shape, x.itemsize) if need_dx else 0
+    cb = short_block(*x.shape, x.itemsize)
     if cb:
         return _pick(_block_backward, par)(dy, x, mean, rstd, weight, bool(batch_stats), target, need_dx, cb, nt)
     if fused:
