@@ -172,7 +172,9 @@ def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused):
     monkeypatch.setattr(elementwise, "ROW_BLOCK_ELEMS", 64)
     monkeypatch.setattr(norm, "PARALLEL_MIN", 1 if parallel else 1 << 40)
     monkeypatch.setattr(norm, "FUSE_MAX_CHANNEL_BYTES", 0 if fused == "two-pass" else 1 << 40)
-    monkeypatch.setattr(norm, "SHORT_BLOCK_RUN", 1 << 40 if fused == "short-run blocks" else 0)
+    monkeypatch.setattr(norm, "SHORT_FORWARD_RUN", 1 << 40 if fused == "short-run blocks" else 0)
+    monkeypatch.setattr(norm, "SHORT_BACKWARD_RUN", 1 << 40 if fused == "short-run blocks" else 0)
+    monkeypatch.setattr(norm, "SHORT_BACKWARD_MIN_ROWS", 1)
     monkeypatch.setattr(norm, "_num_threads", lambda: 1)  # fusion needs 2 channels per thread
     monkeypatch.setattr(stream, "STREAM_MIN_BYTES", 0 if streamed else 1 << 40)
     y, mean, var = batch_norm(x)
@@ -193,14 +195,16 @@ def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused):
 
 
 def test_short_blocks_where_runs_are_short():
-    """The short-run forms take 7x7 and 14x14 maps, with many runs per channel
-    (BatchNorm) or one (InstanceNorm's view), not 28x28 nor channels that exceed the
-    cache budget; blocks cover the channels in about two tasks per thread at least."""
+    """The short-run forms take short maps, with many runs per channel (BatchNorm) or
+    one (InstanceNorm's view; the backward then keeps its per-channel form), not long
+    runs nor channels beyond the cache budget; two tasks per thread at least."""
     for P, C, L in ((32, 2048, 49), (32, 1024, 196), (1, 32 * 2048, 49)):
-        cb = norm.short_block(P, C, L, 4)
+        cb = norm.short_block(P, C, L, 4, 256)
         assert 0 < cb and -(-C // cb) >= 2 * norm._num_threads() - 1
-    assert norm.short_block(32, 512, 784, 4) == 0
-    assert norm.short_block(8192, 64, 49, 4) == 0  # one channel beyond the cache budget
+    assert norm.short_block(32, 1024, 196, 4, norm.SHORT_FORWARD_RUN) == 0  # 14x14 forward: per channel
+    assert norm.short_block(32, 512, 784, 4, norm.SHORT_BACKWARD_RUN) == 0
+    assert norm.short_block(8192, 64, 49, 4, 256) == 0  # one channel beyond the cache budget
+    assert norm.SHORT_BACKWARD_MIN_ROWS > 1
 
 
 def test_shift_removes_cancellation():
@@ -240,7 +244,7 @@ def test_short_runs_do_not_depend_on_block_size(monkeypatch):
     results = []
     for threads in (1, 2, 3):
         monkeypatch.setattr(norm, "_num_threads", lambda threads=threads: threads)
-        sizes.add(norm.short_block(6, 40, 49, 4))
+        sizes.add(norm.short_block(6, 40, 49, 4, norm.SHORT_FORWARD_RUN))
         out, dx = np.empty_like(x), np.empty_like(x)
         mean, var, rstd = norm.forward_batch(x, w, None, 1e-5, out)
         dw, db = norm.backward(dy, x, mean, rstd, w, True, dx)

@@ -52,12 +52,18 @@ PARALLEL_MIN = 1 << 15
 #: Largest channel (bytes) processed by the per-channel fused passes (:mod:`.fused`):
 #: about half a core's L2 cache on current x86 server parts.
 FUSE_MAX_CHANNEL_BYTES = 1 << 20
-#: Longest run for which the training forward and backward take the short-run
+#: Longest runs for which the training forward and the backward take the short-run
 #: blocked forms (:func:`.fused.block_forward_par`, :func:`.fused.block_backward_par`:
-#: blocks of whole channels whose rows are walked as runs of segments). Measured on
-#: 7x7 and 14x14 maps (``docs/experiments/segments.py``): faster than the
-#: per-channel forms on both; beyond that the per-channel runs are long enough.
-SHORT_BLOCK_RUN = 256
+#: blocks of whole channels whose rows are walked as runs of segments). Measured
+#: (``docs/experiments/segment_forms.py``), against the per-channel forms: the
+#: forward is faster on 7x7 maps with several rows (up to 15%), level or slower on
+#: 14x14; the backward is faster on both (3.5-4.5x on 32x2048x7x7, 1.3x on
+#: 32x1024x14x14).
+SHORT_FORWARD_RUN = 64
+SHORT_BACKWARD_RUN = 256
+#: Fewest rows ``P`` for the short-run backward: with one run per channel
+#: (InstanceNorm's view) the per-channel backward is level or faster.
+SHORT_BACKWARD_MIN_ROWS = 2
 
 
 def inv_std(var: np.ndarray, eps: float) -> np.ndarray:
@@ -81,15 +87,15 @@ def fusable(P: int, C: int, L: int, itemsize: int, any_size: bool = False) -> bo
     return L >= ROW_MIN and fits and C >= 2 * _num_threads()
 
 
-def short_block(P: int, C: int, L: int, itemsize: int) -> int:
-    """Channels per task of the short-run forward and backward, or 0 where they do not
-    apply (runs outside ``[ROW_MIN, SHORT_BLOCK_RUN]``, or one channel beyond the cache
+def short_block(P: int, C: int, L: int, itemsize: int, longest: int) -> int:
+    """Channels per task of the short-run forward or backward, or 0 where they do not
+    apply (runs outside ``[ROW_MIN, longest]``, or one channel beyond the cache
     budget). A block's data stays within the budget, with two tasks per thread at
     least; the block is a multiple of the channels that fill whole vectors of
     :func:`.stream.segment_sums`, so every channel's values fall on the same vector
     lanes whatever the block size, and the results do not depend on the thread count."""
     per_channel = P * L * itemsize
-    if not ROW_MIN <= L <= SHORT_BLOCK_RUN or per_channel > FUSE_MAX_CHANNEL_BYTES:
+    if not ROW_MIN <= L <= longest or per_channel > FUSE_MAX_CHANNEL_BYTES:
         return 0
     threads = _num_threads()
     tasks = max(2 * threads, -(-C * per_channel // FUSE_MAX_CHANNEL_BYTES))
@@ -247,7 +253,7 @@ def forward_batch(
     Statistics are float64 one-pass shifted sums (:mod:`.reduce`).
     """
     par, fused, cfg = _config(x, want_fused=True, out=out)
-    cb = short_block(*x.shape, x.itemsize)
+    cb = short_block(*x.shape, x.itemsize, SHORT_FORWARD_RUN)
     if cb:
         return _pick(_block_forward, par)(x, weight, bias, float(eps), out, cb, bool(cfg[5]))
     if fused:
@@ -283,7 +289,7 @@ def backward(
     need_dx = dx is not None
     nt = bool(cfg[5])
     target = dx if need_dx else np.empty((0, 0, 0), x.dtype)
-    cb = short_block(*x.shape, x.itemsize)
+    cb = short_block(*x.shape, x.itemsize, SHORT_BACKWARD_RUN) if x.shape[0] >= SHORT_BACKWARD_MIN_ROWS else 0
     if cb:
         return _pick(_block_backward, par)(dy, x, mean, rstd, weight, bool(batch_stats), target, need_dx, cb, nt)
     if fused:
