@@ -19,7 +19,7 @@ import numpy as np
 
 from ._jit import helper
 
-__all__ = ["backward_coefs", "forward_coefs"]
+__all__ = ["backward_coefs", "forward_coefs", "shared_forward_coefs"]
 
 
 @helper
@@ -30,6 +30,19 @@ def forward_coefs(mean, rstd, w, b, c, out):
     out[1] = scale
     shift = -(mean - np.float64(out[0])) * scale
     out[2] = shift if b is None else shift + b[c]
+
+
+@helper
+def shared_forward_coefs(mean, rstd, w, b, c0, a, s, co):
+    """:func:`forward_coefs` for channels ``c0 .. c0 + len(a)`` sharing one ``mean`` and
+    ``rstd`` (a GroupNorm group): ``m`` once into ``co[0]``, each channel's ``a`` and ``s``
+    into the vectors ``a`` and ``s`` (of the input's dtype) in one loop LLVM vectorises."""
+    co[0] = mean
+    d = mean - np.float64(co[0])
+    for j in range(a.shape[0]):
+        scale = rstd if w is None else rstd * w[c0 + j]
+        a[j] = scale
+        s[j] = -d * scale if b is None else -d * scale + b[c0 + j]
 
 
 @helper

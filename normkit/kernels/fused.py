@@ -31,7 +31,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import twin
-from .coefs import backward_coefs, forward_coefs
+from .coefs import backward_coefs, forward_coefs, shared_forward_coefs
 from .elementwise import AFFINE, AFFINE2, affine, affine2
 from .reduce import channel_shift, finish_moments, run_moments, run_sums
 from .stream import fence, segment_map, segment_sums, span, workers
@@ -214,10 +214,7 @@ def _group_forward(x, G, w, b, eps, out, nt):
             co = scratch[t]
             a_c = coefs[wk, 0]
             s_c = coefs[wk, 1]
-            for j in range(Cg):
-                forward_coefs(mu, r, w, b, c0 + j, co)
-                a_c[j] = co[1]
-                s_c[j] = co[2]
+            shared_forward_coefs(mu, r, w, b, c0, a_c, s_c, co)
             # the group's channels as segments of one run (m is the group's)
             segment_map(AFFINE, out[n, c0:c0 + Cg].reshape(n_vals), (x[n, c0:c0 + Cg].reshape(n_vals), co[0]),
                         (a_c, s_c), L, nt)
@@ -233,7 +230,8 @@ _GROUP_AFFINE2 = "0 5 * 1 3 - 2 * + 4 +"
 def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
     """GroupNorm backward on contiguous ``(N, C, L)``: per (sample, group) the
     per-channel ``s1 = sum(dy)``, ``s2 = sum(dy * (x - mu))`` (added to ``s1``/``s2``,
-    shape ``(N, C)``, zero on entry; for the parameter gradients), the group's weighted sums, then
+    shape ``(N, C)``, zero on entry; for the parameter gradients), the group's weighted
+    sums, then
     ``dx = rstd*w_c*dy - rstd^3*S2/M * (x - mu) - rstd*S1/M`` channel by channel."""
     N, C, L = x.shape
     Cg = C // G
@@ -264,9 +262,8 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
             co[2] = mu
             co[3] = -r * S1 / M + q * (np.float64(co[2]) - mu)
             a_c = coefs[wk]
-            for j in range(Cg):
-                co[0] = r if w is None else r * w[c0 + j]
-                a_c[j] = co[0]
+            for j in range(Cg):  # rounded to x's dtype on assignment, as co[0] elsewhere
+                a_c[j] = r if w is None else r * w[c0 + j]
             segment_map(_GROUP_AFFINE2, dx[n, c0:c0 + Cg].reshape(M), (gy, gx, co[1], co[2], co[3]), (a_c,), L, nt)
         fence(nt)
 
