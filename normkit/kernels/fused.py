@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import twin
+from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs, shared_forward_coefs
 from .elementwise import AFFINE, AFFINE2, affine, affine2
 from .reduce import channel_shift, finish_moments, run_moments, run_sums
@@ -41,6 +41,15 @@ __all__ = [
     "channel_backward_ser",
     "group_backward_par", "group_backward_ser", "group_forward_par", "group_forward_ser",
 ]
+
+
+@helper
+def _block_bounds(t, cb, C, L):
+    """Block ``t`` of ``cb`` channels: its channels ``[c0, c1)`` and their columns
+    ``[j0, j1)`` in a row of the ``(P, C*L)`` matrix."""
+    c0 = t * cb
+    c1 = min(C, c0 + cb)
+    return c0, c1, c0 * L, c1 * L
 
 
 def _block_forward(x, w, b, eps, out, cb, nt):
@@ -68,10 +77,7 @@ def _block_forward(x, w, b, eps, out, cb, nt):
         t0, t1 = span(wk, nw, tasks)
         co = scratch[wk]
         for t in range(t0, t1):
-            c0 = t * cb
-            c1 = min(C, c0 + cb)
-            j0 = c0 * L
-            j1 = c1 * L
+            c0, c1, j0, j1 = _block_bounds(t, cb, C, L)
             for c in range(c0, c1):
                 shift[c] = channel_shift(x, c)
             for p in range(P):
@@ -150,10 +156,7 @@ def _block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb, nt):
         t0, t1 = span(wk, nw, tasks)
         co = scratch[wk]
         for t in range(t0, t1):
-            c0 = t * cb
-            c1 = min(C, c0 + cb)
-            j0 = c0 * L
-            j1 = c1 * L
+            c0, c1, j0, j1 = _block_bounds(t, cb, C, L)
             for p in range(P):
                 segment_sums(g2[p, j0:j1], x2[p, j0:j1], 0.0, mean[c0:c1], L, s1[c0:c1], s2[c0:c1])
             if not need_dx:
