@@ -167,23 +167,59 @@ def _evaluate(builder, tokens, load, zero):
     return stack[0]
 
 
+def _splat(builder, value, vt: ir.VectorType):
+    """``value`` in every lane of a vector of type ``vt``."""
+    i32 = ir.IntType(32)
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(i32, 0))
+    lane0 = ir.Constant(ir.VectorType(i32, vt.count), [0] * vt.count)
+    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), lane0)
+
+
+def _lanes_below(builder, i, bound, lanes):
+    """``<W x i1>``: which lanes of the vector at index ``i`` lie below ``bound``
+    (``lanes`` the constant ``<0, 1, ..., W-1>`` of index type)."""
+    at = builder.add(_splat(builder, i, lanes.type), lanes)
+    return builder.icmp_signed("<", at, _splat(builder, bound, lanes.type))
+
+
+def _check_operands(name, out, operands, segments=False):
+    for i, op in enumerate(operands):
+        if isinstance(op, types.Array):
+            if op.ndim != 1 or op.dtype != out.dtype:
+                raise TypingError(f"{name}: operand {i} must be 1-D {out.dtype}, got {op}")
+        elif segments or not isinstance(op, (types.Float, types.Integer)):
+            what = "an array" if segments else "an array or a number"
+            raise TypingError(f"{name}: operand {i} must be {what}, got {op}")
+
+
+def _check_map(name, formula, out, operands):
+    """The typing checks :func:`stream_map` and :func:`segment_map` share."""
+    if not isinstance(formula, types.StringLiteral):
+        raise TypingError(f"{name}: the formula must be a string literal")
+    if not isinstance(out, types.Array) or out.ndim != 1 or not isinstance(out.dtype, types.Float):
+        raise TypingError(f"{name}: out must be a 1-D float array, got {out}")
+    if not isinstance(operands, types.BaseTuple):
+        raise TypingError(f"{name}: operands must be a tuple, got {operands}")
+    _check_operands(name, out, operands)
+
+
+def _unpack_operands(context, builder, operands, ops_v, dtype):
+    """``({index: data pointer}, {index: scalar in dtype})`` of a tuple of operands."""
+    ptrs, scalars = {}, {}
+    for k, (op, v) in enumerate(zip(operands, cgutils.unpack_tuple(builder, ops_v, len(operands)))):
+        if isinstance(op, types.Array):
+            ptrs[k] = context.make_array(op)(context, builder, v).data
+        else:
+            scalars[k] = context.cast(builder, v, op, dtype)
+    return ptrs, scalars
+
+
 @intrinsic
 def stream_map(typingctx, formula, out, operands, nt):
     """``out[i] = formula(operands at i)`` for every ``i`` of the 1-D contiguous ``out``;
     whole aligned lines with non-temporal stores when ``nt`` is true and the run is
     long enough (follow with :func:`fence`), else an ordinary loop."""
-    if not isinstance(formula, types.StringLiteral):
-        raise TypingError("stream_map: the formula must be a string literal")
-    if not isinstance(out, types.Array) or out.ndim != 1 or not isinstance(out.dtype, types.Float):
-        raise TypingError(f"stream_map: out must be a 1-D float array, got {out}")
-    if not isinstance(operands, types.BaseTuple):
-        raise TypingError(f"stream_map: operands must be a tuple, got {operands}")
-    for i, op in enumerate(operands):
-        if isinstance(op, types.Array):
-            if op.ndim != 1 or op.dtype != out.dtype:
-                raise TypingError(f"stream_map: operand {i} must be 1-D {out.dtype}, got {op}")
-        elif not isinstance(op, (types.Float, types.Integer)):
-            raise TypingError(f"stream_map: operand {i} must be an array or a number, got {op}")
+    _check_map("stream_map", formula, out, operands)
     tokens = _program(formula.literal_value, len(operands))
     sig = types.void(formula, out, operands, nt)
 
@@ -197,21 +233,8 @@ def stream_map(typingctx, formula, out, operands, nt):
         oary = context.make_array(out)(context, builder, out_v)
         n = builder.extract_value(oary.shape, 0)
         odata = oary.data
-        values = cgutils.unpack_tuple(builder, ops_v, len(operands))
-        ptrs = {}
-        scalars = {}
-        for k, (op, v) in enumerate(zip(operands, values)):
-            if isinstance(op, types.Array):
-                ptrs[k] = context.make_array(op)(context, builder, v).data
-            else:
-                scalars[k] = context.cast(builder, v, op, out.dtype)
-        splat_idx = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
-
-        def splat(s):
-            v = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), splat_idx)
-
-        vscalars = {k: splat(s) for k, s in scalars.items()}
+        ptrs, scalars = _unpack_operands(context, builder, operands, ops_v, out.dtype)
+        vscalars = {k: _splat(builder, s, vt) for k, s in scalars.items()}
 
         def scalar_at(i):
             def load(k):
@@ -264,16 +287,6 @@ def stream_map(typingctx, formula, out, operands, nt):
     return sig, codegen
 
 
-def _check_operands(name, out, operands, segments=False):
-    for i, op in enumerate(operands):
-        if isinstance(op, types.Array):
-            if op.ndim != 1 or op.dtype != out.dtype:
-                raise TypingError(f"{name}: operand {i} must be 1-D {out.dtype}, got {op}")
-        elif segments or not isinstance(op, (types.Float, types.Integer)):
-            what = "an array" if segments else "an array or a number"
-            raise TypingError(f"{name}: operand {i} must be {what}, got {op}")
-
-
 @intrinsic
 def segment_map(typingctx, formula, out, operands, segments, seg_len, nt):
     """``out[i] = formula(operands at i, segments at i // seg_len)``: :func:`stream_map`
@@ -290,14 +303,9 @@ def segment_map(typingctx, formula, out, operands, segments, seg_len, nt):
     whole run is one stream of aligned lines (non-temporal stores, as
     :func:`stream_map`). Segments shorter than one vector take a scalar loop.
     """
-    if not isinstance(formula, types.StringLiteral):
-        raise TypingError("segment_map: the formula must be a string literal")
-    if not isinstance(out, types.Array) or out.ndim != 1 or not isinstance(out.dtype, types.Float):
-        raise TypingError(f"segment_map: out must be a 1-D float array, got {out}")
-    for name, tup in (("operands", operands), ("segments", segments)):
-        if not isinstance(tup, types.BaseTuple):
-            raise TypingError(f"segment_map: {name} must be a tuple, got {tup}")
-    _check_operands("segment_map", out, operands)
+    _check_map("segment_map", formula, out, operands)
+    if not isinstance(segments, types.BaseTuple):
+        raise TypingError(f"segment_map: segments must be a tuple, got {segments}")
     _check_operands("segment_map segments", out, segments, segments=True)
     if not isinstance(seg_len, types.Integer):
         raise TypingError(f"segment_map: seg_len must be an integer, got {seg_len}")
@@ -315,12 +323,7 @@ def segment_map(typingctx, formula, out, operands, segments, seg_len, nt):
         n = builder.extract_value(oary.shape, 0)
         odata = oary.data
         L = context.cast(builder, len_v, seg_len, types.intp)
-        ptrs, scalars = {}, {}
-        for k, (op, v) in enumerate(zip(operands, cgutils.unpack_tuple(builder, ops_v, n_ops))):
-            if isinstance(op, types.Array):
-                ptrs[k] = context.make_array(op)(context, builder, v).data
-            else:
-                scalars[k] = context.cast(builder, v, op, out.dtype)
+        ptrs, scalars = _unpack_operands(context, builder, operands, ops_v, out.dtype)
         seg_ptrs = [context.make_array(op)(context, builder, v).data
                     for op, v in zip(segments, cgutils.unpack_tuple(builder, segs_v, len(segments)))]
         one = ir.Constant(intp, 1)
@@ -344,13 +347,8 @@ def segment_map(typingctx, formula, out, operands, segments, seg_len, nt):
             vt = ir.VectorType(ft, W)
             idx_t = ir.VectorType(intp, W)
             lanes = ir.Constant(idx_t, list(range(W)))
-            bcast = ir.Constant(ir.VectorType(i32, W), [0] * W)
 
-            def splat(val, ty):
-                v = builder.insert_element(ir.Constant(ty, ir.Undefined), val, ir.Constant(i32, 0))
-                return builder.shuffle_vector(v, ir.Constant(ty, ir.Undefined), bcast)
-
-            vscalars = {k: splat(s, vt) for k, s in scalars.items()}
+            vscalars = {k: _splat(builder, s, vt) for k, s in scalars.items()}
             j0 = builder.sdiv(lo, L)
             seg = cgutils.alloca_once_value(builder, j0)
             bound = cgutils.alloca_once_value(builder, builder.mul(builder.add(j0, one), L))
@@ -360,13 +358,13 @@ def segment_map(typingctx, formula, out, operands, segments, seg_len, nt):
                 j = builder.load(seg)
                 b = builder.load(bound)
                 for slot, ptr in zip(coef, seg_ptrs):
-                    builder.store(splat(builder.load(builder.gep(ptr, [j]), align=isz), vt), slot)
+                    builder.store(_splat(builder, builder.load(builder.gep(ptr, [j]), align=isz), vt), slot)
                 straddles = builder.icmp_signed(">", builder.add(i, Wc), b)
                 with builder.if_then(straddles, likely=False):  # lanes from b on: the next segment
                     nxt = builder.add(j, one)
-                    first = builder.icmp_signed("<", builder.add(splat(i, idx_t), lanes), splat(b, idx_t))
+                    first = _lanes_below(builder, i, b, lanes)
                     for slot, ptr in zip(coef, seg_ptrs):
-                        hi_v = splat(builder.load(builder.gep(ptr, [nxt]), align=isz), vt)
+                        hi_v = _splat(builder, builder.load(builder.gep(ptr, [nxt]), align=isz), vt)
                         builder.store(builder.select(first, builder.load(slot), hi_v), slot)
                     builder.store(nxt, seg)
                     builder.store(builder.add(b, L), bound)
@@ -466,11 +464,6 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
         vf = ir.VectorType(ft, W)
         vd = ir.VectorType(f64, W)
         idx_t = ir.VectorType(intp, W)
-        bcast = ir.Constant(ir.VectorType(i32, W), [0] * W)
-
-        def splat(val, ty):
-            x = builder.insert_element(ir.Constant(ty, ir.Undefined), val, ir.Constant(i32, 0))
-            return builder.shuffle_vector(x, ir.Constant(ty, ir.Undefined), bcast)
 
         def widen(x, ty):
             return x if ft == f64 else builder.fpext(x, ty)
@@ -528,16 +521,16 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
                     bnd = builder.load(bound)
                     j = builder.load(seg)
                     ends = builder.icmp_signed(">=", builder.add(i, Wc), bnd)
-                    first = builder.icmp_signed("<", builder.add(splat(i, idx_t), lanes), splat(bnd, idx_t))
+                    first = _lanes_below(builder, i, bnd, lanes)
 
                     def shift_vector(k):
-                        here = splat(shift_at(k, j), vd)
+                        here = _splat(builder, shift_at(k, j), vd)
                         if shift_ptrs[k] is None:
                             return here
                         # a straddling vector's lanes from the bound on take the next segment's
                         # shift (read only then: past the last segment there is none)
                         nxt = builder.add(j, builder.zext(builder.icmp_signed(">", builder.add(i, Wc), bnd), intp))
-                        return builder.select(first, here, splat(shift_at(k, nxt), vd))
+                        return builder.select(first, here, _splat(builder, shift_at(k, nxt), vd))
 
                     def load(ptr, shift):
                         x = builder.load(builder.bitcast(builder.gep(ptr, [i]), vf.as_pointer()), align=isz)
