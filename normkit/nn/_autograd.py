@@ -20,7 +20,7 @@ import torch
 from .. import kernels
 from ..kernels.layout import ChannelView
 from . import _torch_impl
-from ._bridge import as_view, new_like_view
+from ._bridge import as_view, new_like_view, param_grad
 from ._bridge import numpy_view as _np
 
 __all__ = ["KernelBatchNorm", "forward"]
@@ -79,8 +79,8 @@ class KernelBatchNorm(torch.autograd.Function):
             if need_x:
                 dx, dx3 = new_like_view(x.shape, view, x.dtype)
             dw, db = kernels.backward(dy3, x3, mean.numpy(), rstd.numpy(), _np(weight), ctx.batch_stats, dx3)
-            dw = torch.from_numpy(dw).to(weight.dtype) if need_w else None
-            db = torch.from_numpy(db).to(ctx.bias_dtype) if need_b else None
+            dw = param_grad(dw, weight.dtype) if need_w else None
+            db = param_grad(db, ctx.bias_dtype) if need_b else None
         grads: List[Optional[torch.Tensor]] = [
             dx if need_x else None,
             dw if need_w else None,

@@ -25,20 +25,13 @@ import torch
 from ..kernels import grouped, rowwise
 from ..kernels.layout import ChannelView
 from . import _torch_family as T
-from ._bridge import as_view, new_empty, new_like_view
+from ._bridge import as_view, new_empty, new_like_view, param_grad
 
 __all__ = ["KernelGroupedNorm", "KernelRowNorm", "grouped_forward", "rows_forward"]
 
 
 def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     return None if t is None else t.detach().contiguous().numpy().reshape(-1)
-
-
-def _grad(t: np.ndarray, like: Optional[torch.Tensor], needed: bool) -> Optional[torch.Tensor]:
-    """A parameter's float64 gradient as a tensor of the parameter's shape and dtype."""
-    if not needed:
-        return None
-    return torch.from_numpy(t).reshape(like.shape).to(like.dtype)
 
 
 # --------------------------------------------------------------------------- rows: LayerNorm, RMSNorm
@@ -87,7 +80,8 @@ class KernelRowNorm(torch.autograd.Function):
                 dx = new_empty(x.shape, x.dtype)
                 dx2 = dx.numpy().reshape(x2.shape)
             dw, db = rowwise.row_backward(_rows(dy, k), x2, mean.numpy(), rstd.numpy(), _np(weight), dx2, ctx.center)
-            dw, db = _grad(dw, weight, need_w), _grad(db, bias, need_b)
+            dw = param_grad(dw, weight.dtype, weight.shape) if need_w else None
+            db = param_grad(db, bias.dtype, bias.shape) if need_b else None
         return (dx if need_x else None), dw, db, None, None, None
 
 
@@ -182,6 +176,7 @@ class KernelGroupedNorm(torch.autograd.Function):
                                                    dx3, cl)
             else:
                 dw, db = grouped.group_backward(dy3, x3, ctx.groups, mean.numpy(), rstd.numpy(), _np(weight), dx3, cl)
-            dw, db = _grad(dw, weight, need_w), _grad(db, bias, need_b)
+            dw = param_grad(dw, weight.dtype, weight.shape) if need_w else None
+            db = param_grad(db, bias.dtype, bias.shape) if need_b else None
         grads: List[Optional[torch.Tensor]] = [dx if need_x else None, dw, db]
         return (*grads, None, None, None, None, None, None, None)

@@ -23,7 +23,7 @@ from ..kernels import act as act_kernels
 from ..kernels import norm as norm_kernels
 from ..kernels.stream import streams
 from . import _torch_impl
-from ._bridge import as_view, new_like_view
+from ._bridge import as_view, new_like_view, param_grad
 from ._bridge import numpy_view as _np
 from .batchnorm import BatchNorm2d
 from .functional import _update, batch_count, batch_norm, check_input, uses_kernels
@@ -85,8 +85,8 @@ class _KernelBatchNormAct(torch.autograd.Function):
         par = x3.size >= norm_kernels.PARALLEL_MIN
         run = act_kernels.act_backward[act][0 if par else 1]
         dw, db = run(dy3, x3, z3, _np(weight), _np(bias), mean.numpy(), rstd.numpy(), batch_stats, dx3, dz3)
-        dw = torch.from_numpy(dw).to(weight.dtype) if need_w else None
-        db = torch.from_numpy(db).to(bias.dtype) if need_b else None
+        dw = param_grad(dw, weight.dtype) if need_w else None
+        db = param_grad(db, bias.dtype) if need_b else None
         return (dx if need_x else None), (dz if need_z else None), dw, db, None, None, None, None, None, None
 
 

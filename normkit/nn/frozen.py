@@ -31,7 +31,7 @@ from .. import _checks, kernels
 from . import _torch_impl
 from . import batchnorm as _bn
 from . import functional as F
-from ._bridge import as_view, new_like_view
+from ._bridge import as_view, new_like_view, param_grad
 from ._bridge import numpy_view as _np
 
 __all__ = [
@@ -75,8 +75,8 @@ class KernelFrozenBatchNorm(torch.autograd.Function):
             if need_w or need_b:  # one reduction pass for the sums, dx in the same call
                 x3, _ = as_view(x, 1, like=view)
                 dw, db = kernels.backward(dy3, x3, mean.numpy(), rstd.numpy(), _np(weight), False, dx3)
-                dw = torch.from_numpy(dw).to(weight.dtype) if need_w else None
-                db = torch.from_numpy(db).to(ctx.bias_dtype) if need_b else None
+                dw = param_grad(dw, weight.dtype) if need_w else None
+                db = param_grad(db, ctx.bias_dtype) if need_b else None
             elif need_x:  # dx = dy * weight * rstd: one element pass, x is not read
                 scale = rstd.numpy() if weight is None else rstd.numpy() * _np(weight)
                 zeros = np.zeros(view.C, dx3.dtype)

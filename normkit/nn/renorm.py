@@ -42,7 +42,7 @@ from ..running import commit_batch_stats, update_factor
 from . import _torch_impl
 from . import batchnorm as _bn
 from . import functional as F
-from ._bridge import as_view, new_like_view
+from ._bridge import as_view, new_like_view, param_grad
 
 __all__ = [
     "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "KernelBatchRenorm", "batch_renorm", "renorm_limits",
@@ -186,8 +186,8 @@ class KernelBatchRenorm(torch.autograd.Function):
             r_np, d_np = r.numpy(), d.numpy()
             w_eff, _ = _folded(None if weight is None else weight.detach().numpy(), None, r_np, d_np, x3.dtype)
             dxhat, db = kernels.backward(dy3, x3, mean.numpy(), rstd.numpy(), w_eff, True, dx3)
-            dw = torch.from_numpy(r_np * dxhat + d_np * db).to(weight.dtype) if need_w else None
-            db = torch.from_numpy(db).to(ctx.bias_dtype) if need_b else None
+            dw = param_grad(r_np * dxhat + d_np * db, weight.dtype) if need_w else None
+            db = param_grad(db, ctx.bias_dtype) if need_b else None
         return (dx if need_x else None, dw, db if need_b else None) + (None,) * 6
 
 
