@@ -232,10 +232,10 @@ _GROUP_AFFINE2 = "0 5 * 1 3 - 2 * + 4 +"
 
 def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
     """GroupNorm backward on contiguous ``(N, C, L)``: per (sample, group) the
-    per-channel ``s1 = sum(dy)``, ``s2 = sum(dy * (x - mu))`` (added to ``s1``/``s2``,
-    shape ``(N, C)``, zero on entry; for the parameter gradients), the group's weighted
-    sums, then
-    ``dx = rstd*w_c*dy - rstd^3*S2/M * (x - mu) - rstd*S1/M`` channel by channel."""
+    per-channel ``s1 = sum(dy)``, ``s2 = sum(dy * (x - mu))``, the group's weighted
+    sums, then ``dx = rstd*w_c*dy - rstd^3*S2/M * (x - mu) - rstd*S1/M`` channel by
+    channel. Writes ``s1`` and ``rstd * s2`` (shape ``(N, C)``) for the parameter
+    gradients: summed over samples they are ``dbias`` and ``dweight``."""
     N, C, L = x.shape
     Cg = C // G
     M = Cg * L
@@ -252,13 +252,18 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
             r = rstd[t]
             gy = dy[n, c0:c0 + Cg].reshape(M)
             gx = x[n, c0:c0 + Cg].reshape(M)
-            segment_sums(gy, gx, 0.0, mu, L, s1[n, c0:c0 + Cg], s2[n, c0:c0 + Cg])  # per channel
+            t1 = s1[n, c0:c0 + Cg]
+            t2 = s2[n, c0:c0 + Cg]
+            t1[:] = 0.0  # segment_sums adds
+            t2[:] = 0.0
+            segment_sums(gy, gx, 0.0, mu, L, t1, t2)  # per channel
             S1 = 0.0
             S2 = 0.0
             for j in range(Cg):
                 wc = 1.0 if w is None else np.float64(w[c0 + j])
-                S1 += wc * s1[n, c0 + j]
-                S2 += wc * s2[n, c0 + j]
+                S1 += wc * t1[j]
+                S2 += wc * t2[j]
+                t2[j] *= r
             q = -r * r * r * S2 / M
             co = scratch[t]
             co[1] = q
@@ -273,6 +278,6 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
 
 #: ``group_forward(x, G, w, b, eps, out, nt) -> (mean, var, rstd)`` of shape ``(N*G,)``.
 group_forward_par, group_forward_ser = twin(_group_forward)
-#: ``group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt)``: fills ``dx`` and adds the ``(N, C)`` sums
-#: to ``s1``/``s2`` (zeros on entry).
+#: ``group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt)``: fills ``dx`` and writes the ``(N, C)``
+#: ``s1`` and ``rstd * s2``.
 group_backward_par, group_backward_ser = twin(_group_backward)

@@ -240,10 +240,10 @@ def group_backward(
     rstd = np.asarray(rstd, dtype=np.float64).reshape(N, G)
     if dx is not None and _fused_groups(x, N, G, Cg, L, channels_last):
         run = fused.group_backward_par if x.size >= norm.PARALLEL_MIN else fused.group_backward_ser
-        s1 = np.zeros((N, C))  # the kernel adds to them
-        s2 = np.zeros((N, C))
-        run(dy, x, G, mean.reshape(-1), rstd.reshape(-1), _vec(weight), dx, s1, s2, streams(dx.nbytes))
-        return (s2 * np.repeat(rstd, Cg, axis=1)).sum(axis=0), s1.sum(axis=0)
+        s1 = np.empty((N, C))
+        s2r = np.empty((N, C))  # rstd * s2
+        run(dy, x, G, mean.reshape(-1), rstd.reshape(-1), _vec(weight), dx, s1, s2r, streams(dx.nbytes))
+        return s2r.sum(axis=0), s1.sum(axis=0)
     mean_c = np.repeat(mean, Cg, axis=1)
     rstd_c = np.repeat(rstd, Cg, axis=1)
     if not channels_last:
