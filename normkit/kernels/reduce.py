@@ -26,8 +26,8 @@ Two memory patterns, chosen by the length ``L`` of the contiguous runs:
   split over ``(p, c, chunk)`` tasks, so it parallelises whatever ``C`` is.
 * **columns** (short runs, e.g. channels-last where ``L == 1``): rows of the
   ``(P, C*L)`` matrix are streamed through vector accumulators, split over
-  (row range, column block) tasks; the ``L`` columns of a channel are summed at
-  the end. The number of row tasks depends on the size only, not on the
+  (row range, column block) tasks, two rows per sweep; the ``L`` columns of a
+  channel are summed at the end. The number of row tasks depends on the size only, not on the
   thread count, so results are the same however many threads run.
 """
 
@@ -124,7 +124,23 @@ def channel_moments(x, c):
 
 @helper
 def _col_rows(u, v, uw, vw, r0, r1, j0, nj, a1, a2):
-    for r in range(r0, r1):
+    """Columns ``j0 .. j0 + nj`` of rows ``r0 .. r1``: adds ``sum(u - uw)`` to ``a1`` and
+    ``sum((u - uw) * (v - vw))`` to ``a2``, in float64. Two rows per sweep, so the
+    accumulators (in L1, not registers) are loaded and stored once per two rows:
+    their stores, not the arithmetic, bound the one-row form."""
+    r = r0
+    while r + 2 <= r1:
+        u0 = u[r, j0:j0 + nj]
+        u1 = u[r + 1, j0:j0 + nj]
+        v0 = v[r, j0:j0 + nj]
+        v1 = v[r + 1, j0:j0 + nj]
+        for j in range(nj):
+            d0 = u0[j] - uw[j]
+            d1 = u1[j] - uw[j]
+            a1[j] += d0 + d1
+            a2[j] += d0 * (v0[j] - vw[j]) + d1 * (v1[j] - vw[j])
+        r += 2
+    if r < r1:
         ur = u[r, j0:j0 + nj]
         vr = v[r, j0:j0 + nj]
         for j in range(nj):
@@ -136,7 +152,17 @@ def _col_rows(u, v, uw, vw, r0, r1, j0, nj, a1, a2):
 @helper
 def _col_rows_sq(u, uw, r0, r1, j0, nj, a1, a2):
     """:func:`_col_rows` for ``u = v`` with one shift (the forward statistics): half the loads."""
-    for r in range(r0, r1):
+    r = r0
+    while r + 2 <= r1:
+        u0 = u[r, j0:j0 + nj]
+        u1 = u[r + 1, j0:j0 + nj]
+        for j in range(nj):
+            d0 = u0[j] - uw[j]
+            d1 = u1[j] - uw[j]
+            a1[j] += d0 + d1
+            a2[j] += d0 * d0 + d1 * d1
+        r += 2
+    if r < r1:
         ur = u[r, j0:j0 + nj]
         for j in range(nj):
             d = ur[j] - uw[j]
