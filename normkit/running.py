@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 __all__ = [
     "NonFiniteBatchError",
@@ -111,6 +111,7 @@ def commit_batch_stats(
     running_mean: Any,
     running_var: Any,
     factor: float,
+    update: Callable[..., None] = update_running_stats,
 ) -> bool:
     """Fold one batch's statistics into the running ones under a non-finite policy.
 
@@ -124,7 +125,8 @@ def commit_batch_stats(
     * ``"raise"``: refuse such a batch with :class:`NonFiniteBatchError`, nothing changed.
 
     Returns whether the running statistics were updated (the caller then counts
-    the batch). ``mean``/``var`` may be NumPy arrays or torch tensors; only the
+    the batch). ``update`` applies the rule: :func:`update_running_stats`, or its
+    compiled twin for NumPy buffers (:func:`normkit.kernels.running.update_running_stats`). ``mean``/``var`` may be NumPy arrays or torch tensors; only the
     non-default policies read them back (a device sync on GPU).
     """
     if policy != "propagate" and not math.isfinite(float(mean.sum()) + float(var.sum())):
@@ -135,5 +137,5 @@ def commit_batch_stats(
             raise NonFiniteBatchError(msg + "running statistics and num_batches_tracked left unchanged")
         warnings.warn(msg + "skipped its running-statistics update", NonFiniteBatchWarning, stacklevel=4)
         return False
-    update_running_stats(running_mean, running_var, mean, var, n, factor)
+    update(running_mean, running_var, mean, var, n, factor)
     return True

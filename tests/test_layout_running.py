@@ -2,6 +2,10 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from normkit.kernels import running as compiled_running
 
 from normkit.kernels.layout import channel_view, is_contiguous
 from normkit.running import (
@@ -64,6 +68,28 @@ def test_update_rule_in_place_numpy_and_torch():
                              var if make is np.array else torch.from_numpy(var), 5, 0.25)
         np.testing.assert_allclose(np.asarray(rm), 0.25 * mean)
         np.testing.assert_allclose(np.asarray(rv), 0.75 + 0.25 * var * 5 / 4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    C=st.integers(1, 40),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    n=st.integers(1, 10**6),
+    factor=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_compiled_update_matches_the_rule_bit_for_bit(C, dtype, n, factor, seed):
+    # the hot path's compiled fold and the stated rule: same roundings, same bits
+    rng = np.random.default_rng(seed)
+    mean, var = rng.normal(size=C) * 100, rng.uniform(0, 50, C)
+    start_m, start_v = rng.normal(size=C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)
+    rm, rv = start_m.copy(), start_v.copy()
+    update_running_stats(rm, rv, mean, var, n, factor)
+    cm, cv = start_m.copy(), start_v.copy()
+    compiled_running.update_running_stats(cm, cv, mean, var, n, factor)
+    assert cm.dtype == dtype and cv.dtype == dtype
+    np.testing.assert_array_equal(cm, rm)
+    np.testing.assert_array_equal(cv, rv)
 
 
 def test_unbiased_scale():

@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _checks, kernels
+from ..kernels.running import update_running_stats as fold_running_stats
 from ..running import commit_batch_stats, update_factor
 from . import _torch_impl
 from ._bridge import as_view, new_like_view
@@ -445,7 +446,7 @@ def sync_batch_norm(
             if running_mean.is_cpu and running_var.is_cpu and running_mean.dtype != torch.bfloat16 \
                     and running_var.dtype != torch.bfloat16:
                 rm, rv = running_mean.numpy(), running_var.numpy()
-                updated = commit_batch_stats(layer, nonfinite, mean, var, n, rm, rv, factor)
+                updated = commit_batch_stats(layer, nonfinite, mean, var, n, rm, rv, factor, fold_running_stats)
             else:
                 m = torch.from_numpy(mean).to(running_mean.device)
                 v = torch.from_numpy(var).to(running_var.device)

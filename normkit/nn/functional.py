@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from .. import _checks
+from ..kernels.running import update_running_stats as fold_running_stats
 from ..running import commit_batch_stats, update_factor
 from . import _torch_impl
 from ._autograd import KernelBatchNorm
@@ -202,7 +203,9 @@ def _update(layer, nonfinite, input, mean, var, running_mean, running_var, momen
     n = input.numel() // input.shape[1]
     factor = update_factor(momentum, count if count is not None else 1)
     if running_mean.is_cpu and running_var.is_cpu and not isinstance(mean, torch.Tensor):
-        updated = commit_batch_stats(layer, nonfinite, mean, var, n, running_mean.numpy(), running_var.numpy(), factor)
+        updated = commit_batch_stats(
+            layer, nonfinite, mean, var, n, running_mean.numpy(), running_var.numpy(), factor, fold_running_stats
+        )
         if updated and num_batches_tracked is not None:
             if num_batches_tracked.is_cpu:
                 counter = num_batches_tracked.numpy()

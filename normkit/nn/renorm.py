@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .. import _checks, kernels
+from ..kernels.running import update_running_stats as fold_running_stats
 from ..running import commit_batch_stats, update_factor
 from . import _torch_impl
 from . import batchnorm as _bn
@@ -217,7 +218,9 @@ def _commit(layer, nonfinite, x, mean, var, running_mean, running_var, momentum,
     n = x.numel() // x.shape[1]
     factor = update_factor(momentum, count if count is not None else 1)
     if isinstance(mean, np.ndarray) and running_mean.is_cpu and running_var.is_cpu:
-        updated = commit_batch_stats(layer, nonfinite, mean, var, n, running_mean.numpy(), running_var.numpy(), factor)
+        updated = commit_batch_stats(
+            layer, nonfinite, mean, var, n, running_mean.numpy(), running_var.numpy(), factor, fold_running_stats
+        )
     else:
         with torch.no_grad():
             mean = torch.as_tensor(mean).to(running_mean.device, running_mean.dtype)
