@@ -1,5 +1,5 @@
-"""Allocation of large CPU tensors: huge pages for normkit's own outputs, and an
-opt-in allocator setting for the whole process.
+"""Allocation of large CPU tensors: a pool and huge pages for normkit's own outputs,
+and an opt-in allocator setting for the whole process.
 
 Above glibc's mmap threshold every fresh tensor is mapped from the operating
 system and its pages are faulted in one by one on first write, then unmapped
@@ -26,6 +26,23 @@ arrays of 4 MiB and more. Measured here, a fresh 103 MB output then costs
 about half as much to obtain and fill (BENCHMARKS.md). It has no effect where
 transparent huge pages are disabled (``/sys/kernel/mm/transparent_hugepage``
 set to ``never``) and none outside Linux; :func:`huge_pages` turns it off.
+
+**The output pool.** Below glibc's largest mmap threshold freed blocks go back
+to its heap, but the heap's top is trimmed (returned to the system) as soon
+as more than twice the last threshold is free: in a training step, where
+each layer's output and gradient are freed before the next step asks for
+the same sizes again, that is every step, and their pages are faulted in
+again (measured: a few hundred faults per BatchNorm step of a few MB, 12-28%
+of its time). normkit therefore keeps the memory of its own outputs (at least
+:data:`POOL_MIN` bytes) in a pool: a block is handed out again, for an output
+of exactly its size, once no tensor or array refers to it any more (sizes up to
+:data:`POOL_BLOCK_MAX`: larger blocks are glibc's mmap chunks, fresh on every
+allocation, and get the huge-page advice above). The pool
+holds at most :data:`POOL_MAX` bytes (blocks in use included; beyond it,
+outputs are ordinary fresh tensors); :func:`release_pool` frees its idle
+blocks, :func:`output_pool` turns it off. Pooled outputs are ordinary CPU
+tensors in every respect but one: their storage cannot grow (``resize_`` to
+more elements raises, as for any tensor made by ``torch.from_numpy``).
 """
 
 from __future__ import annotations
@@ -33,13 +50,29 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+import threading
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
 
 from .kernels import stream
 
-__all__ = ["HUGE_PAGE_MIN", "advise_huge_pages", "huge_pages", "keep_freed_memory"]
+__all__ = [
+    "HUGE_PAGE_MIN", "POOL_BLOCK_MAX", "POOL_MAX", "POOL_MIN", "advise_huge_pages", "huge_pages", "keep_freed_memory", "new_output",
+    "output_pool", "pool_bytes", "release_pool",
+]
 
 #: Smallest output (bytes) that normkit advises as huge-page memory.
 HUGE_PAGE_MIN = 4 << 20
+#: Smallest output (bytes) served from the output pool.
+POOL_MIN = 256 << 10
+#: Largest output (bytes) served from the output pool: glibc's largest mmap
+#: threshold. Larger blocks are mapped afresh by glibc on every allocation whatever
+#: the heap does; they get the huge-page advice instead.
+POOL_BLOCK_MAX = 32 << 20
+#: Most bytes the output pool holds, blocks in use included.
+POOL_MAX = 256 << 20
 _MADV_HUGEPAGE = 14  # Linux
 _PAGE = 4096
 _HUGE = 2 << 20
@@ -119,3 +152,103 @@ def keep_freed_memory(enable: bool = True) -> bool:
     if done:  # reused blocks are not freshly zeroed: large outputs gain from streaming stores
         stream.reused_memory(enable)
     return done
+
+
+# --------------------------------------------------------------------------- the output pool
+
+
+class _Pool:
+    """Blocks (1-D uint8 NumPy arrays over torch-allocated memory) by size in bytes.
+
+    A block is in use while anything else refers to it: every output handed out
+    is a NumPy view whose ``base`` is the block, kept alive by the tensor made
+    from it. Checked with ``sys.getrefcount`` under a lock, so two threads never
+    take one block."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.blocks: Dict[int, List[np.ndarray]] = {}
+        self.total = 0
+        self.enabled = True
+
+    def take(self, nbytes: int) -> Optional[np.ndarray]:
+        """A free block of ``nbytes`` (a new one if none and the pool has room), or None."""
+        with self.lock:
+            same = self.blocks.setdefault(nbytes, [])
+            for block in same:
+                if sys.getrefcount(block) == _IDLE_REFS:
+                    return block
+            if self.total + nbytes > POOL_MAX:
+                self._drop_idle(self.total + nbytes - POOL_MAX)
+                if self.total + nbytes > POOL_MAX:
+                    return None
+            block = torch.empty(nbytes, dtype=torch.uint8).numpy()  # seen by torch's profiler
+            if nbytes >= HUGE_PAGE_MIN:
+                advise_huge_pages(block.ctypes.data, nbytes)
+            same.append(block)
+            self.total += nbytes
+            return block
+
+    def _drop_idle(self, wanted: int) -> int:
+        freed = 0
+        for nbytes, same in self.blocks.items():
+            keep = []
+            for block in same:
+                if freed < wanted and sys.getrefcount(block) == _IDLE_REFS:
+                    freed += nbytes
+                else:
+                    keep.append(block)
+            same[:] = keep
+        self.total -= freed
+        return freed
+
+
+# references to an idle block while it is checked: its list, the loop variable,
+# getrefcount's argument
+_IDLE_REFS = 3
+_pool = _Pool()
+
+
+def new_output(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """A new contiguous CPU tensor for a normkit output: from the pool (float32/float64,
+    :data:`POOL_MIN` to :data:`POOL_BLOCK_MAX` bytes), else ``torch.empty`` (advised
+    as huge-page memory from :data:`HUGE_PAGE_MIN` bytes)."""
+    np_dtype = _NUMPY_DTYPES.get(dtype)
+    if _pool.enabled and np_dtype is not None:
+        count = 1
+        for size in shape:
+            count *= int(size)
+        nbytes = count * np_dtype.itemsize
+        if POOL_MIN <= nbytes <= POOL_BLOCK_MAX:
+            block = _pool.take(nbytes)
+            if block is not None:
+                return torch.from_numpy(block.view(np_dtype).reshape(tuple(shape)))
+    out = torch.empty(shape, dtype=dtype)
+    nbytes = out.numel() * out.element_size()
+    if nbytes >= HUGE_PAGE_MIN:
+        advise_huge_pages(out.data_ptr(), nbytes)
+    return out
+
+
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def output_pool(enable: Optional[bool] = None) -> bool:
+    """Turn the output pool on (the default) or off (its idle blocks are released);
+    with no argument, report the setting."""
+    if enable is not None:
+        _pool.enabled = bool(enable)
+        if not enable:
+            release_pool()
+    return _pool.enabled
+
+
+def pool_bytes() -> int:
+    """Bytes the output pool holds, blocks in use and idle."""
+    return _pool.total
+
+
+def release_pool() -> int:
+    """Free the pool's idle blocks (those no tensor refers to); returns the bytes freed."""
+    with _pool.lock:
+        return _pool._drop_idle(_pool.total)

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from ..allocator import HUGE_PAGE_MIN, advise_huge_pages
+from ..allocator import new_output
 from ..kernels.layout import ChannelView, channel_view
 
 __all__ = ["as_view", "new_empty", "new_like_view", "numpy_view", "param_grad"]
@@ -57,13 +57,9 @@ def as_view(t: torch.Tensor, axis: int, like: Optional[ChannelView] = None) -> T
 
 
 def new_empty(shape, dtype: torch.dtype) -> torch.Tensor:
-    """``torch.empty``; large blocks advised as huge-page memory before their first write
-    (see :mod:`normkit.allocator`)."""
-    out = torch.empty(shape, dtype=dtype)
-    nbytes = out.numel() * out.element_size()
-    if nbytes >= HUGE_PAGE_MIN:
-        advise_huge_pages(out.data_ptr(), nbytes)
-    return out
+    """A new contiguous output: :func:`normkit.allocator.new_output` (the output pool,
+    huge pages for large fresh blocks)."""
+    return new_output(shape, dtype)
 
 
 def new_like_view(shape: torch.Size, view: ChannelView, dtype: torch.dtype) -> Tuple[torch.Tensor, np.ndarray]:
