@@ -153,20 +153,23 @@ def test_constant_channel_gives_bias(layout, dtype):
     assert np.isfinite(dx).all()
 
 
+@pytest.mark.parametrize("chunk", [16, 1 << 20])
 @pytest.mark.parametrize("fused", ["two-pass", "per-channel", "short-run blocks"])
 @pytest.mark.parametrize("parallel,streamed", [(True, False), (True, True), (False, True)])
 @pytest.mark.parametrize("shape", [(3, 4, 50), (2, 8, 40), (2, 3, 7), (2, 4, 300), (1000, 3, 1), (5, 2100, 1)])
-def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused):
+def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused, chunk):
     """Tiny chunk and block sizes force every run to be split across tasks; each
     forward and backward form (two-pass, per-channel fused, short-run blocks) where it applies;
-    outputs written with ordinary or streaming stores (runs shorter than, and
-    straddling, cache lines)."""
+    the element passes' rows pattern (``chunk`` 16: runs split) and segments pattern
+    (long ``chunk``: blocks of channels cut to a channel or two per task); outputs
+    written with ordinary or streaming stores (runs shorter than, and straddling,
+    cache lines)."""
     rng = np.random.default_rng(2)
     x = rng.normal(3.0, 2.0, shape)
     dy = rng.normal(size=shape)
     y_ref, mean_ref, var_ref = ref.batch_norm(x)
     dx_ref, dw_ref, db_ref = ref.batch_norm_backward(dy, x, mean_ref, var_ref)
-    monkeypatch.setattr(reduce, "CHUNK", 16)
+    monkeypatch.setattr(reduce, "CHUNK", chunk)
     monkeypatch.setattr(reduce, "COL_BLOCK", 64)
     monkeypatch.setattr(reduce, "COL_TASK_ELEMS", 64)
     monkeypatch.setattr(elementwise, "ROW_BLOCK_ELEMS", 64)

@@ -12,15 +12,23 @@ rounded once:
   with mean 1e4 and std 1 keeps its relative precision;
 * backward: ``dx = a[c] * dy + b[c] * (x - m[c]) + k[c]``.
 
-Two memory patterns, by the length ``L`` of the contiguous runs:
+Three memory patterns, by the length ``L`` of the contiguous runs:
 
-* **rows** (``L > SHORT_RUN``): runs are processed one by one, split in
-  ``(p, c, chunk)`` tasks;
-* **blocks** (short runs: channels-last where ``L == 1``, small NCHW maps such
-  as 7x7): the ``(P, C*L)`` matrix is cut in tasks of (a block of whole channels,
-  a range of rows); a task expands its channels' coefficients along the block's
-  ``cb*L`` columns once and streams its rows through them, so the vector loops
-  run over long row segments instead of ending every ``L`` elements.
+* **rows** (``L >= chunk``): runs are processed one by one, split in
+  ``(p, c, chunk)`` tasks, so that even a few long runs feed every thread;
+* **segments** (``ROW_MIN <= L < chunk``, NCHW maps from 4x4 to 128x128): a task
+  is one row ``p`` of a block of whole channels, ``cb*L`` contiguous values
+  walked as one run of segments of ``L`` values, each with its channel's
+  coefficients (:func:`.stream.segment_map`): no loop set-up and no unaligned
+  head and tail per run of ``L`` values, and the whole run streamed. Measured
+  against the rows and blocks patterns it replaced there
+  (``docs/experiments/eval_segments.py``): 1.2-1.5x faster on 8x8 to 14x14
+  maps, level from 28x28 up;
+* **blocks** (``L < ROW_MIN``: channels-last where ``L == 1``): the
+  ``(P, C*L)`` matrix is cut in tasks of (a block of whole channels, a range of
+  rows); a task expands its channels' coefficients along the block's ``cb*L``
+  columns once and streams its rows through them, so the vector loops run over
+  long row segments instead of ending every ``L`` elements.
 
 Both write through :func:`.stream.stream_map`: with ``nt`` true (large outputs,
 decided by the entry points) whole cache lines are stored non-temporally, and
@@ -33,19 +41,17 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, twin
-from .reduce import task_bounds
-from .stream import fence, span, stream_map, workers
+from .reduce import ROW_MIN, task_bounds
+from .stream import fence, segment_map, span, stream_map, workers
 
 __all__ = [
-    "AFFINE", "AFFINE2", "BLOCK_COLS", "ROW_BLOCK_ELEMS", "SHORT_RUN", "affine", "affine2", "affine2_par",
-    "affine2_ser", "affine_par", "affine_ser", "block_channels", "block_task", "block_tasks", "expand",
+    "AFFINE", "AFFINE2", "BLOCK_COLS", "ROW_BLOCK_ELEMS", "affine", "affine2", "affine2_par",
+    "affine2_ser", "affine_par", "affine_ser", "block_channels", "block_task", "block_tasks", "expand", "segment_tasks",
 ]
 
-#: Elements of the (P, C*L) matrix handled per task in the blocks pattern.
+#: Elements of the (P, C*L) matrix handled per task in the blocks pattern, and
+#: the most per task in the segments pattern.
 ROW_BLOCK_ELEMS = 1 << 16
-#: Longest run handled by the blocks pattern (measured: at 7x7 the blocks pattern
-#: takes 0.7x the time of the rows pattern, at 14x14 about the same).
-SHORT_RUN = 64
 #: Columns a block of channels aims at (its coefficient vectors stay in L1).
 BLOCK_COLS = 1024
 
@@ -78,6 +84,17 @@ def block_task(t, C, L, P, cb, rows):
     c0 = (t % nb) * cb
     r0 = (t // nb) * rows
     return c0, min(C, c0 + cb), r0, min(P, r0 + rows)
+
+
+@helper
+def segment_tasks(P, C, L, row_block):
+    """(channels per task, tasks) of the segments pattern: about ``row_block`` values
+    per task, fewer where that leaves a thread without two tasks."""
+    cb = max(1, min(C, row_block // L))
+    want = 2 * workers(P * C)
+    while cb > 1 and P * ((C + cb - 1) // cb) < want:
+        cb = (cb + 1) // 2
+    return cb, P * ((C + cb - 1) // cb)
 
 
 @helper
@@ -116,7 +133,22 @@ def affine2(gr, xr, o, a, b, m, k, nt):
 
 def _affine(x, m, a, b, out, chunk, row_block, nt):
     P, C, L = x.shape
-    if L > SHORT_RUN:
+    if ROW_MIN <= L < chunk:  # segments pattern
+        cb, tasks = segment_tasks(P, C, L, row_block)
+        nb = (C + cb - 1) // cb
+        nw = workers(tasks)
+        for w in prange(nw):
+            t0, t1 = span(w, nw, tasks)
+            for t in range(t0, t1):
+                p = t // nb
+                c0 = (t % nb) * cb
+                c1 = min(C, c0 + cb)
+                n = (c1 - c0) * L
+                segment_map(AFFINE, out[p, c0:c1].reshape(n), (x[p, c0:c1].reshape(n),), (m[c0:c1], a[c0:c1], b[c0:c1]),
+                            L, nt)
+            fence(nt)
+        return
+    if L >= chunk:
         K = max(1, (L + chunk - 1) // chunk)
         tasks = P * C * K
         nw = workers(tasks)
@@ -155,7 +187,22 @@ def _affine(x, m, a, b, out, chunk, row_block, nt):
 
 def _affine2(dy, x, a, b, m, k, out, chunk, row_block, nt):
     P, C, L = x.shape
-    if L > SHORT_RUN:
+    if ROW_MIN <= L < chunk:  # segments pattern
+        cb, tasks = segment_tasks(P, C, L, row_block)
+        nb = (C + cb - 1) // cb
+        nw = workers(tasks)
+        for w in prange(nw):
+            t0, t1 = span(w, nw, tasks)
+            for t in range(t0, t1):
+                p = t // nb
+                c0 = (t % nb) * cb
+                c1 = min(C, c0 + cb)
+                n = (c1 - c0) * L
+                segment_map(AFFINE2, out[p, c0:c1].reshape(n), (dy[p, c0:c1].reshape(n), x[p, c0:c1].reshape(n)),
+                            (a[c0:c1], b[c0:c1], m[c0:c1], k[c0:c1]), L, nt)
+            fence(nt)
+        return
+    if L >= chunk:
         K = max(1, (L + chunk - 1) // chunk)
         tasks = P * C * K
         nw = workers(tasks)
