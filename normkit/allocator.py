@@ -32,17 +32,20 @@ to its heap, but the heap's top is trimmed (returned to the system) as soon
 as more than twice the last threshold is free: in a training step, where
 each layer's output and gradient are freed before the next step asks for
 the same sizes again, that is every step, and their pages are faulted in
-again (measured: a few hundred faults per BatchNorm step of a few MB, 12-28%
-of its time). normkit therefore keeps the memory of its own outputs (at least
-:data:`POOL_MIN` bytes) in a pool: a block is handed out again, for an output
-of exactly its size, once no tensor or array refers to it any more (sizes up to
-:data:`POOL_BLOCK_MAX`: larger blocks are glibc's mmap chunks, fresh on every
-allocation, and get the huge-page advice above). The pool
-holds at most :data:`POOL_MAX` bytes (blocks in use included; beyond it,
+again. Opt-in, :func:`output_pool` keeps the memory of normkit's own outputs
+(:data:`POOL_MIN` to :data:`POOL_BLOCK_MAX` bytes; larger blocks are glibc's
+mmap chunks, fresh on every allocation, and get the huge-page advice above) in
+a pool: a block is handed out again, for an output of exactly its size, once
+no tensor or array refers to it any more. Measured on BatchNorm2d training
+steps (``docs/experiments/output_pool.py``): the few hundred page faults per
+step are gone and the step is 4-22% faster; in ``normkit bench``'s loops no
+change, and the small ResNet's step peaks about 13 MB (18%) higher in live
+bytes, the idle blocks the pool keeps counted in -- hence not the default. The
+pool holds at most :data:`POOL_MAX` bytes (blocks in use included; beyond it,
 outputs are ordinary fresh tensors); :func:`release_pool` frees its idle
-blocks, :func:`output_pool` turns it off. Pooled outputs are ordinary CPU
-tensors in every respect but one: their storage cannot grow (``resize_`` to
-more elements raises, as for any tensor made by ``torch.from_numpy``).
+blocks. Pooled outputs are ordinary CPU tensors in every respect but one: their
+storage cannot grow (``resize_`` to more elements raises, as for any tensor
+made by ``torch.from_numpy``).
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ import ctypes
 import ctypes.util
 import sys
 import threading
-from typing import Dict, List, Optional, Sequence
+import weakref
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -157,55 +161,76 @@ def keep_freed_memory(enable: bool = True) -> bool:
 # --------------------------------------------------------------------------- the output pool
 
 
-class _Pool:
-    """Blocks (1-D uint8 NumPy arrays over torch-allocated memory) by size in bytes.
+class _Block:
+    """Pooled memory (a 1-D uint8 NumPy array over torch-allocated memory) and a weak
+    reference to the array last made over it for an output: the array
+    ``torch.from_numpy`` keeps alive for exactly as long as the output's storage
+    lives (torch views, ``.numpy()`` arrays and autograd's saved tensors all hold
+    that storage). The block is idle once that array is gone."""
 
-    A block is in use while anything else refers to it: every output handed out
-    is a NumPy view whose ``base`` is the block, kept alive by the tensor made
-    from it. Checked with ``sys.getrefcount`` under a lock, so two threads never
-    take one block."""
+    __slots__ = ("memory", "user")
+
+    def __init__(self, memory: np.ndarray) -> None:
+        self.memory = memory
+        self.user: Optional[weakref.ref] = None
+
+    def idle(self) -> bool:
+        return self.user is None or self.user() is None
+
+
+class _Pool:
+    """Blocks by size in bytes, taken and dropped under a lock (so two threads never
+    take one block)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.blocks: Dict[int, List[np.ndarray]] = {}
+        self.blocks: Dict[int, List[_Block]] = {}
         self.total = 0
-        self.enabled = True
+        self.enabled = False
 
-    def take(self, nbytes: int) -> Optional[np.ndarray]:
-        """A free block of ``nbytes`` (a new one if none and the pool has room), or None."""
+    def take(self, nbytes: int, dtype: np.dtype, shape: Tuple[int, ...]) -> Optional[np.ndarray]:
+        """An array of ``shape`` and ``dtype`` (``nbytes`` in all) over an idle block, a
+        new block if none is idle and the pool has room, or None. The caller hands
+        it to ``torch.from_numpy`` and keeps no other reference to it."""
         with self.lock:
-            same = self.blocks.setdefault(nbytes, [])
-            for block in same:
-                if sys.getrefcount(block) == _IDLE_REFS:
-                    return block
-            if self.total + nbytes > POOL_MAX:
-                self._drop_idle(self.total + nbytes - POOL_MAX)
+            block = next((b for b in self.blocks.get(nbytes, ()) if b.idle()), None)
+            if block is None:
                 if self.total + nbytes > POOL_MAX:
-                    return None
-            block = torch.empty(nbytes, dtype=torch.uint8).numpy()  # seen by torch's profiler
-            if nbytes >= HUGE_PAGE_MIN:
-                advise_huge_pages(block.ctypes.data, nbytes)
-            same.append(block)
-            self.total += nbytes
-            return block
+                    self._drop_idle(self.total + nbytes - POOL_MAX)
+                    if self.total + nbytes > POOL_MAX:
+                        return None
+                block = _Block(torch.empty(nbytes, dtype=torch.uint8).numpy())  # seen by torch's profiler
+                if nbytes >= HUGE_PAGE_MIN:
+                    advise_huge_pages(block.memory.ctypes.data, nbytes)
+                self.blocks.setdefault(nbytes, []).append(block)
+                self.total += nbytes
+            out = block.memory.view(dtype).reshape(shape)
+            block.user = weakref.ref(out)
+            return out
 
     def _drop_idle(self, wanted: int) -> int:
+        """Forget idle blocks (their memory is freed) until ``wanted`` bytes are; the bytes freed."""
         freed = 0
-        for nbytes, same in self.blocks.items():
+        for nbytes in list(self.blocks):
             keep = []
-            for block in same:
-                if freed < wanted and sys.getrefcount(block) == _IDLE_REFS:
+            for block in self.blocks[nbytes]:
+                if freed < wanted and block.idle():
                     freed += nbytes
                 else:
                     keep.append(block)
-            same[:] = keep
+            if keep:
+                self.blocks[nbytes] = keep
+            else:
+                del self.blocks[nbytes]
         self.total -= freed
         return freed
 
+    def forget(self) -> None:
+        """Forget every block: idle ones are freed, those in use live on with their outputs."""
+        self.blocks.clear()
+        self.total = 0
 
-# references to an idle block while it is checked: its list, the loop variable,
-# getrefcount's argument
-_IDLE_REFS = 3
+
 _pool = _Pool()
 
 
@@ -215,14 +240,15 @@ def new_output(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     as huge-page memory from :data:`HUGE_PAGE_MIN` bytes)."""
     np_dtype = _NUMPY_DTYPES.get(dtype)
     if _pool.enabled and np_dtype is not None:
+        shape = tuple(int(size) for size in shape)
         count = 1
         for size in shape:
-            count *= int(size)
+            count *= size
         nbytes = count * np_dtype.itemsize
         if POOL_MIN <= nbytes <= POOL_BLOCK_MAX:
-            block = _pool.take(nbytes)
-            if block is not None:
-                return torch.from_numpy(block.view(np_dtype).reshape(tuple(shape)))
+            out = _pool.take(nbytes, np_dtype, shape)
+            if out is not None:
+                return torch.from_numpy(out)
     out = torch.empty(shape, dtype=dtype)
     nbytes = out.numel() * out.element_size()
     if nbytes >= HUGE_PAGE_MIN:
@@ -234,12 +260,14 @@ _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np
 
 
 def output_pool(enable: Optional[bool] = None) -> bool:
-    """Turn the output pool on (the default) or off (its idle blocks are released);
-    with no argument, report the setting."""
+    """Turn the output pool on or off (the default); with no argument, report the
+    setting. Turned off, the pool forgets its blocks: idle ones are freed, those in
+    use are freed with their outputs."""
     if enable is not None:
-        _pool.enabled = bool(enable)
-        if not enable:
-            release_pool()
+        with _pool.lock:
+            _pool.enabled = bool(enable)
+            if not enable:
+                _pool.forget()
     return _pool.enabled
 
 

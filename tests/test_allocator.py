@@ -35,7 +35,7 @@ def test_large_fresh_output_is_advised_small_one_is_not(monkeypatch):
         try:
             big = new_empty((alloc.HUGE_PAGE_MIN // 4 + 1024 + pooled,), torch.float32)  # a size not pooled yet
         finally:
-            alloc.output_pool(True)
+            alloc.output_pool(False)
         assert advised and advised[-1] == (big.numel() * 4, True)  # the kernel accepted the advice
         advised.clear()
     new_empty((1000,), torch.float32)
@@ -75,7 +75,22 @@ def test_outputs_in_both_layouts_are_ordinary_tensors():
 POOLED = alloc.POOL_MIN // 4 + 16  # float32 elements: just above the pool's smallest block
 
 
-def test_pool_reuses_a_block_only_when_nothing_refers_to_it():
+@pytest.fixture
+def pool():
+    """The output pool on (it is opt-in) for one test, off and forgotten after."""
+    assert alloc.output_pool(True) is True
+    yield
+    alloc.output_pool(False)
+
+
+def test_pool_is_off_by_default():
+    assert alloc.output_pool() is False
+    a = new_empty((POOLED,), torch.float32)
+    a.resize_(POOLED * 4)  # an ordinary torch.empty tensor: it can grow
+    assert alloc.pool_bytes() == 0
+
+
+def test_pool_reuses_a_block_only_when_nothing_refers_to_it(pool):
     a = new_empty((POOLED,), torch.float32)
     ptr = a.data_ptr()
     b = new_empty((POOLED,), torch.float32)
@@ -93,7 +108,7 @@ def test_pool_reuses_a_block_only_when_nothing_refers_to_it():
     assert len({t.data_ptr() for t in (b, c, d, e)}) == 4
 
 
-def test_pool_matches_exact_sizes_and_dtypes():
+def test_pool_matches_exact_sizes_and_dtypes(pool):
     a = new_empty((POOLED,), torch.float64)
     ptr = a.data_ptr()
     del a
@@ -103,7 +118,7 @@ def test_pool_matches_exact_sizes_and_dtypes():
     assert c.data_ptr() != ptr
 
 
-def test_pool_hands_distinct_blocks_to_concurrent_threads():
+def test_pool_hands_distinct_blocks_to_concurrent_threads(pool):
     import threading
 
     got, errors = [], []
@@ -129,7 +144,7 @@ def test_pool_hands_distinct_blocks_to_concurrent_threads():
     assert len({t.data_ptr() for t in live}) == len(live)
 
 
-def test_pool_keeps_to_its_bound(monkeypatch):
+def test_pool_keeps_to_its_bound(monkeypatch, pool):
     alloc.release_pool()
     monkeypatch.setattr(alloc, "POOL_MAX", alloc.pool_bytes() + 3 * (POOLED + 32) * 4)
     live = [new_empty((POOLED + 32,), torch.float32) for _ in range(3)]
@@ -143,21 +158,26 @@ def test_pool_keeps_to_its_bound(monkeypatch):
     assert alloc.pool_bytes() <= alloc.POOL_MAX
 
 
-def test_pool_off_and_release():
+def test_pool_off_and_release(pool):
     a = new_empty((POOLED + 96,), torch.float32)
     del a
     assert alloc.release_pool() >= (POOLED + 96) * 4
+    kept = new_empty((POOLED + 96,), torch.float32).fill_(3.0)
     try:
         assert alloc.output_pool(False) is False
-        before = alloc.pool_bytes()
+        assert alloc.pool_bytes() == 0  # every block forgotten, the one in use too
         t = new_empty((POOLED + 96,), torch.float32)
         t.resize_(POOLED * 4)  # not pooled
-        assert alloc.pool_bytes() == before
+        assert alloc.pool_bytes() == 0
+        assert bool((kept == 3.0).all())  # an output from before lives on, untouched
     finally:
         assert alloc.output_pool(True) is True
+    assert alloc.pool_bytes() == 0
+    again = new_empty((POOLED + 96,), torch.float32)
+    assert again.data_ptr() != kept.data_ptr()  # the forgotten block is never handed out again
 
 
-def test_pooled_outputs_through_autograd_and_in_place_ops():
+def test_pooled_outputs_through_autograd_and_in_place_ops(pool):
     """Outputs and gradients served by the pool, reused across steps, behave as torch's:
     the same values, in-place ops on the output under autograd (a residual ``+=``)."""
     torch.manual_seed(0)

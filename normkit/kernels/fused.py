@@ -252,18 +252,18 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
             r = rstd[t]
             gy = dy[n, c0:c0 + Cg].reshape(M)
             gx = x[n, c0:c0 + Cg].reshape(M)
-            t1 = s1[n, c0:c0 + Cg]
-            t2 = s2[n, c0:c0 + Cg]
-            t1[:] = 0.0  # segment_sums adds
-            t2[:] = 0.0
-            segment_sums(gy, gx, 0.0, mu, L, t1, t2)  # per channel
+            sum1 = s1[n, c0:c0 + Cg]
+            sum2 = s2[n, c0:c0 + Cg]
+            sum1[:] = 0.0  # segment_sums adds
+            sum2[:] = 0.0
+            segment_sums(gy, gx, 0.0, mu, L, sum1, sum2)  # per channel
             S1 = 0.0
             S2 = 0.0
             for j in range(Cg):
                 wc = 1.0 if w is None else np.float64(w[c0 + j])
-                S1 += wc * t1[j]
-                S2 += wc * t2[j]
-                t2[j] *= r
+                S1 += wc * sum1[j]
+                S2 += wc * sum2[j]
+                sum2[j] *= r
             q = -r * r * r * S2 / M
             co = scratch[t]
             co[1] = q

@@ -334,6 +334,7 @@ def apply_coefficients(x: np.ndarray, m: np.ndarray, a: np.ndarray, b: np.ndarra
     their own coefficients (GroupNorm, Batch Renormalization) call it directly.
     """
     par, _, cfg = _config(x, out=out)
+    m, a, b = (np.ascontiguousarray(v) for v in (m, a, b))  # the segments pattern reads them as runs
     _pick((affine_par, affine_ser), par)(x, m, a, b, out, cfg[0], cfg[4], cfg[5])
     return out
 
@@ -343,5 +344,6 @@ def apply_coefficients2(
 ) -> np.ndarray:
     """``out = a[c] * dy + b[c] * (x - m[c]) + k[c]`` (vectors in ``x``'s dtype): the backward's element pass."""
     par, _, cfg = _config(x, out=out)
+    a, b, m, k = (np.ascontiguousarray(v) for v in (a, b, m, k))
     _pick((affine2_par, affine2_ser), par)(dy, x, a, b, m, k, out, cfg[0], cfg[4], cfg[5])
     return out
