@@ -46,7 +46,7 @@ from .stream import fence, segment_map, span, stream_map, workers
 
 __all__ = [
     "AFFINE", "AFFINE2", "BLOCK_COLS", "ROW_BLOCK_ELEMS", "affine", "affine2", "affine2_par",
-    "affine2_ser", "affine_par", "affine_ser", "block_channels", "block_task", "block_tasks", "expand", "segment_tasks",
+    "affine2_ser", "affine_par", "affine_ser", "block_channels", "block_task", "block_tasks", "expand", "segment_task", "segment_tasks",
 ]
 
 #: Elements of the (P, C*L) matrix handled per task in the blocks pattern, and
@@ -98,6 +98,15 @@ def segment_tasks(P, C, L, row_block):
 
 
 @helper
+def segment_task(t, C, L, cb):
+    """Segments task ``t`` -> (row, first channel, end channel, values in the run)."""
+    nb = (C + cb - 1) // cb
+    c0 = (t % nb) * cb
+    c1 = min(C, c0 + cb)
+    return t // nb, c0, c1, (c1 - c0) * L
+
+
+@helper
 def block_tasks(P, C, L, row_block):
     """(channels per block, rows per sweep, rows per task, number of tasks) of the
     blocks pattern. When a block spans every channel (narrow rows, e.g.
@@ -135,15 +144,11 @@ def _affine(x, m, a, b, out, chunk, row_block, nt):
     P, C, L = x.shape
     if ROW_MIN <= L < chunk:  # segments pattern
         cb, tasks = segment_tasks(P, C, L, row_block)
-        nb = (C + cb - 1) // cb
         nw = workers(tasks)
         for w in prange(nw):
             t0, t1 = span(w, nw, tasks)
             for t in range(t0, t1):
-                p = t // nb
-                c0 = (t % nb) * cb
-                c1 = min(C, c0 + cb)
-                n = (c1 - c0) * L
+                p, c0, c1, n = segment_task(t, C, L, cb)
                 segment_map(AFFINE, out[p, c0:c1].reshape(n), (x[p, c0:c1].reshape(n),), (m[c0:c1], a[c0:c1], b[c0:c1]),
                             L, nt)
             fence(nt)
@@ -189,15 +194,11 @@ def _affine2(dy, x, a, b, m, k, out, chunk, row_block, nt):
     P, C, L = x.shape
     if ROW_MIN <= L < chunk:  # segments pattern
         cb, tasks = segment_tasks(P, C, L, row_block)
-        nb = (C + cb - 1) // cb
         nw = workers(tasks)
         for w in prange(nw):
             t0, t1 = span(w, nw, tasks)
             for t in range(t0, t1):
-                p = t // nb
-                c0 = (t % nb) * cb
-                c1 = min(C, c0 + cb)
-                n = (c1 - c0) * L
+                p, c0, c1, n = segment_task(t, C, L, cb)
                 segment_map(AFFINE2, out[p, c0:c1].reshape(n), (dy[p, c0:c1].reshape(n), x[p, c0:c1].reshape(n)),
                             (a[c0:c1], b[c0:c1], m[c0:c1], k[c0:c1]), L, nt)
             fence(nt)
