@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import sys
 import threading
 import weakref
@@ -238,13 +239,10 @@ def new_output(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """A new contiguous CPU tensor for a normkit output: from the pool (float32/float64,
     :data:`POOL_MIN` to :data:`POOL_BLOCK_MAX` bytes), else ``torch.empty`` (advised
     as huge-page memory from :data:`HUGE_PAGE_MIN` bytes)."""
-    np_dtype = _NUMPY_DTYPES.get(dtype)
+    np_dtype = NUMPY_DTYPES.get(dtype)
     if _pool.enabled and np_dtype is not None:
         shape = tuple(int(size) for size in shape)
-        count = 1
-        for size in shape:
-            count *= size
-        nbytes = count * np_dtype.itemsize
+        nbytes = math.prod(shape) * np_dtype.itemsize
         if POOL_MIN <= nbytes <= POOL_BLOCK_MAX:
             out = _pool.take(nbytes, np_dtype, shape)
             if out is not None:
@@ -256,7 +254,8 @@ def new_output(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+#: The NumPy dtypes of the torch dtypes normkit's kernels run on.
+NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 def output_pool(enable: Optional[bool] = None) -> bool:

@@ -8,7 +8,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from ..allocator import new_output
+from ..allocator import NUMPY_DTYPES
+from ..allocator import new_output as new_empty  # the output pool, huge pages for large fresh blocks
 from ..kernels.layout import ChannelView, channel_view
 
 __all__ = ["as_view", "new_empty", "new_like_view", "numpy_view", "param_grad"]
@@ -22,16 +23,13 @@ def numpy_view(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     return t.detach().numpy() if t.requires_grad else t.numpy()
 
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-
-
 def param_grad(values: np.ndarray, dtype: torch.dtype, shape: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
     """A parameter's gradient from the kernels' float64 ``values``, as a tensor of the
     parameter's ``dtype`` (and ``shape``, if given). The cast is NumPy's: a few
     microseconds, where ``Tensor.to`` costs several times that on the hot path."""
     if shape is not None:
         values = values.reshape(shape)
-    np_dtype = _NUMPY_DTYPES.get(dtype)
+    np_dtype = NUMPY_DTYPES.get(dtype)
     if np_dtype is None:
         return torch.from_numpy(values).to(dtype)
     return torch.from_numpy(np.asarray(values, dtype=np_dtype))
@@ -54,12 +52,6 @@ def as_view(t: torch.Tensor, axis: int, like: Optional[ChannelView] = None) -> T
         view = channel_view(t.shape, t.stride(), axis)
     moved = t if view.perm is None else t.permute(view.perm)
     return moved.contiguous().numpy().reshape(view.shape), view
-
-
-def new_empty(shape, dtype: torch.dtype) -> torch.Tensor:
-    """A new contiguous output: :func:`normkit.allocator.new_output` (the output pool,
-    huge pages for large fresh blocks)."""
-    return new_output(shape, dtype)
 
 
 def new_like_view(shape: torch.Size, view: ChannelView, dtype: torch.dtype) -> Tuple[torch.Tensor, np.ndarray]:
