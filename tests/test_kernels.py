@@ -156,12 +156,13 @@ def test_constant_channel_gives_bias(layout, dtype):
 @pytest.mark.parametrize("chunk", [16, 1 << 20])
 @pytest.mark.parametrize("fused", ["two-pass", "per-channel", "short-run blocks"])
 @pytest.mark.parametrize("parallel,streamed", [(True, False), (True, True), (False, True)])
-@pytest.mark.parametrize("shape", [(3, 4, 50), (2, 8, 40), (2, 3, 7), (2, 4, 300), (1000, 3, 1), (5, 2100, 1)])
+@pytest.mark.parametrize("shape", [(3, 4, 50), (2, 8, 40), (2, 3, 7), (40, 30, 3), (2, 4, 300), (1000, 3, 1), (5, 2100, 1)])
 def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused, chunk):
     """Tiny chunk and block sizes force every run to be split across tasks; each
     forward and backward form (two-pass, per-channel fused, short-run blocks) where it applies;
     the element passes' rows pattern (``chunk`` 16: runs split) and segments pattern
-    (long ``chunk``: blocks of channels cut to a channel or two per task); outputs
+    (long ``chunk``: blocks of channels cut to a channel or two per task); the columns
+    pattern's column blocks cutting through a channel (``(40, 30, 3)``); outputs
     written with ordinary or streaming stores (runs shorter than, and straddling,
     cache lines)."""
     rng = np.random.default_rng(2)

@@ -39,7 +39,7 @@ from numba import prange
 from ._jit import helper, twin
 
 __all__ = [
-    "ROW_MIN", "CHUNK", "COL_BLOCK", "COL_TASK_ELEMS", "COL_TASKS_MAX", "channel_moments", "channel_shift",
+    "ROW_MIN", "CHUNK", "COL_BLOCK", "COL_TASK_ELEMS", "COL_TASKS_MAX", "PAD", "channel_moments", "channel_shift",
     "finish_moments",
     "run_moments", "run_sums", "sums_par", "sums_ser", "task_bounds",
 ]
@@ -54,6 +54,8 @@ COL_BLOCK = 1024
 COL_TASK_ELEMS = 1 << 16
 #: Upper bound on row tasks of the columns pattern.
 COL_TASKS_MAX = 16
+#: float64 entries between row tasks' partial sums in the columns pattern: a page.
+PAD = 512
 
 
 @helper
@@ -198,29 +200,45 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max, square):
     v2 = v.reshape(P, W)
     row_tasks = min(tasks_max, max(1, P), max(1, (P * W) // task_elems))
     nblocks = max(1, (W + block - 1) // block)
-    p1 = np.zeros((row_tasks, W))
-    p2 = np.zeros((row_tasks, W))
+    # Every task's partial sums lie a page apart from the others': two threads storing
+    # on every sweep to accumulators within one 4 KiB page run at the speed of one
+    # (measured: the cores' in-page prefetchers take each other's lines; ``col_tasks.py``).
+    tasks = row_tasks * nblocks
+    p1 = np.empty((tasks, min(block, W) + PAD))
+    p2 = np.empty((tasks, min(block, W) + PAD))
     uw = np.empty(W)
     vw = np.empty(W)
-    for j in range(W):
-        uw[j] = us[j // L]
-        vw[j] = vs[j // L]
-    for t in prange(row_tasks * nblocks):
+    for c in range(C):  # (no integer division per column: L is not known at compile time)
+        for j in range(c * L, (c + 1) * L):
+            uw[j] = us[c]
+            vw[j] = vs[c]
+    for t in prange(tasks):
         tr = t // nblocks
         j0 = (t % nblocks) * block
         nj = min(block, W - j0)
         r0 = tr * P // row_tasks
         r1 = (tr + 1) * P // row_tasks
+        a1 = p1[t, :nj]
+        a2 = p2[t, :nj]
+        a1[:] = 0.0
+        a2[:] = 0.0
         if square:
-            _col_rows_sq(u2, uw[j0:j0 + nj], r0, r1, j0, nj, p1[tr, j0:j0 + nj], p2[tr, j0:j0 + nj])
+            _col_rows_sq(u2, uw[j0:j0 + nj], r0, r1, j0, nj, a1, a2)
         else:
-            _col_rows(u2, v2, uw[j0:j0 + nj], vw[j0:j0 + nj], r0, r1, j0, nj, p1[tr, j0:j0 + nj], p2[tr, j0:j0 + nj])
+            _col_rows(u2, v2, uw[j0:j0 + nj], vw[j0:j0 + nj], r0, r1, j0, nj, a1, a2)
     s1[:] = 0.0
     s2[:] = 0.0
-    for t in range(row_tasks):
-        for j in range(W):
-            s1[j // L] += p1[t, j]
-            s2[j // L] += p2[t, j]
+    for tr in range(row_tasks):  # in column order within each row task, as one sweep would add
+        c = 0
+        left = L  # columns of channel c still to come
+        for t in range(tr * nblocks, (tr + 1) * nblocks):
+            for j in range(min(block, W - (t % nblocks) * block)):
+                s1[c] += p1[t, j]
+                s2[c] += p2[t, j]
+                left -= 1
+                if left == 0:
+                    c += 1
+                    left = L
 
 
 #: ``sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max, square)``: writes the

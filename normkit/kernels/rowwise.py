@@ -46,6 +46,7 @@ from numba import prange
 
 from . import norm
 from ._jit import helper, twin
+from .reduce import PAD
 from .stream import fence, span, stream_map, streams, workers
 
 __all__ = ["ROW_CHUNK", "ROW_FUSE_MAX", "TASKS_MAX", "TASK_ELEMS", "backward_tasks", "row_backward", "row_forward"]
@@ -178,11 +179,13 @@ def _apply_chunked(x, w, b, eps, mean, var, rstd, coef, out, chunk, nt):
 
 def _backward_fused(dy, x, w, mean, rstd, center, dx, need_dx, tasks, coef, dw, db, nt):
     R, D = x.shape
-    pw = np.zeros((tasks, D))
-    pb = np.zeros((tasks, D))
+    pw = np.empty((tasks, D + PAD))  # each task's accumulators a page apart (see reduce.PAD)
+    pb = np.empty((tasks, D + PAD))
     for t in prange(tasks):  # few tasks (<= TASKS_MAX), each many rows: a fence per task
+        pw[t, :D] = 0.0
+        pb[t, :D] = 0.0
         for r in range(t * R // tasks, (t + 1) * R // tasks):
-            s1, s2 = _row_sums(dy[r], x[r], w, mean[r], rstd[r], pw[t], pb[t])
+            s1, s2 = _row_sums(dy[r], x[r], w, mean[r], rstd[r], pw[t, :D], pb[t, :D])
             if need_dx:
                 _set_grad_coefficients(coef, r, mean[r], rstd[r], s1, s2, D, center)
                 _row_dx(dy[r], x[r], dx[r], w, coef[0, r], coef[1, r], coef[2, r], coef[3, r], nt)
