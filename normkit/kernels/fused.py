@@ -33,7 +33,7 @@ from numba import prange
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs, shared_forward_coefs
 from .elementwise import AFFINE, AFFINE2, affine, affine2
-from .reduce import channel_shift, finish_moments, run_moments, run_sums
+from .reduce import PAD, channel_shift, finish_moments, run_moments, run_sums
 from .stream import fence, segment_map, segment_sums, span, workers
 
 __all__ = [
@@ -52,6 +52,14 @@ def _block_bounds(t, cb, C, L):
     return c0, c1, c0 * L, c1 * L
 
 
+@helper
+def _worker_sums(nw, cb):
+    """Per worker, a pair of ``cb`` float64 accumulators, a page apart from the other
+    workers' (:data:`.reduce.PAD`): they take a store per row, and two cores storing
+    within one page run at the speed of one (``docs/experiments/col_tasks.py``)."""
+    return np.empty((nw, 2, cb + PAD))
+
+
 def _block_forward(x, w, b, eps, out, cb, nt):
     """Training forward for short runs, ``cb`` whole channels per task: a block's rows
     (``cb*L`` contiguous values each) are summed per channel as segments of one run
@@ -67,12 +75,11 @@ def _block_forward(x, w, b, eps, out, cb, nt):
     var = np.empty(C)
     rstd = np.empty(C)
     shift = np.empty(C)
-    s1 = np.zeros(C)
-    s2 = np.zeros(C)
     coefs = np.empty((3, C), x.dtype)  # per channel (m, a, s)
     tasks = (C + cb - 1) // cb
     nw = workers(tasks)
     scratch = np.empty((nw, 3), x.dtype)
+    sums = _worker_sums(nw, cb)
     for wk in prange(nw):
         t0, t1 = span(wk, nw, tasks)
         co = scratch[wk]
@@ -80,10 +87,14 @@ def _block_forward(x, w, b, eps, out, cb, nt):
             c0, c1, j0, j1 = _block_bounds(t, cb, C, L)
             for c in range(c0, c1):
                 shift[c] = channel_shift(x, c)
+            s1 = sums[wk, 0, :c1 - c0]
+            s2 = sums[wk, 1, :c1 - c0]
+            s1[:] = 0.0
+            s2[:] = 0.0
             for p in range(P):
-                segment_sums(x2[p, j0:j1], x2[p, j0:j1], shift[c0:c1], shift[c0:c1], L, s1[c0:c1], s2[c0:c1])
+                segment_sums(x2[p, j0:j1], x2[p, j0:j1], shift[c0:c1], shift[c0:c1], L, s1, s2)
             for c in range(c0, c1):
-                mu, v = finish_moments(s1[c], s2[c], shift[c], n)
+                mu, v = finish_moments(s1[c - c0], s2[c - c0], shift[c], n)
                 r = 1.0 / np.sqrt(v + eps)
                 mean[c] = mu
                 var[c] = v
@@ -146,19 +157,26 @@ def _block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb, nt):
     g2 = dy.reshape(P, C * L)
     x2 = x.reshape(P, C * L)
     o2 = dx.reshape(P, C * L) if need_dx else g2[:0]
-    s1 = np.zeros(C)
-    s2 = np.zeros(C)
+    s1 = np.empty(C)
+    s2 = np.empty(C)
     coefs = np.empty((4, C), x.dtype)  # per channel (a, q, m, k)
     tasks = (C + cb - 1) // cb
     nw = workers(tasks)
     scratch = np.empty((nw, 4), x.dtype)
+    sums = _worker_sums(nw, cb)
     for wk in prange(nw):
         t0, t1 = span(wk, nw, tasks)
         co = scratch[wk]
         for t in range(t0, t1):
             c0, c1, j0, j1 = _block_bounds(t, cb, C, L)
+            a1 = sums[wk, 0, :c1 - c0]
+            a2 = sums[wk, 1, :c1 - c0]
+            a1[:] = 0.0
+            a2[:] = 0.0
             for p in range(P):
-                segment_sums(g2[p, j0:j1], x2[p, j0:j1], 0.0, mean[c0:c1], L, s1[c0:c1], s2[c0:c1])
+                segment_sums(g2[p, j0:j1], x2[p, j0:j1], 0.0, mean[c0:c1], L, a1, a2)
+            s1[c0:c1] = a1
+            s2[c0:c1] = a2
             if not need_dx:
                 continue
             for c in range(c0, c1):
