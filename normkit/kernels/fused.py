@@ -56,7 +56,7 @@ def _block_bounds(t, cb, C, L):
 def _worker_sums(nw, cb):
     """Per worker, a pair of ``cb`` float64 accumulators, a page apart from the other
     workers' (:data:`.reduce.PAD`): they take a store per row, and two cores storing
-    within one page run at the speed of one (``docs/experiments/col_tasks.py``)."""
+    within one page run at the speed of one (``docs/experiments/page_apart.py``)."""
     return np.empty((nw, 2, cb + PAD))
 
 

@@ -202,7 +202,7 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max, square):
     nblocks = max(1, (W + block - 1) // block)
     # Every task's partial sums lie a page apart from the others': two threads storing
     # on every sweep to accumulators within one 4 KiB page run at the speed of one
-    # (measured: the cores' in-page prefetchers take each other's lines; ``col_tasks.py``).
+    # (measured: ``docs/experiments/page_apart.py``, ``col_tasks.py``).
     tasks = row_tasks * nblocks
     p1 = np.empty((tasks, min(block, W) + PAD))
     p2 = np.empty((tasks, min(block, W) + PAD))
