@@ -41,12 +41,12 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, twin
-from .reduce import ROW_MIN, task_bounds
+from .reduce import ROW_MIN, expand, task_bounds
 from .stream import fence, segment_map, span, stream_map, workers
 
 __all__ = [
     "AFFINE", "AFFINE2", "BLOCK_COLS", "ROW_BLOCK_ELEMS", "affine", "affine2", "affine2_par",
-    "affine2_ser", "affine_par", "affine_ser", "block_channels", "block_task", "block_tasks", "expand", "segment_task", "segment_tasks",
+    "affine2_ser", "affine_par", "affine_ser", "block_channels", "block_task", "block_tasks", "segment_task", "segment_tasks",
 ]
 
 #: Elements of the (P, C*L) matrix handled per task in the blocks pattern, and
@@ -60,21 +60,6 @@ BLOCK_COLS = 1024
 def block_channels(C, L):
     """Channels per block: about :data:`BLOCK_COLS` columns, at least one channel."""
     return max(1, min(C, BLOCK_COLS // L))
-
-
-@helper
-def expand(v, c0, c1, L, dtype, reps=1):
-    """``v[c0:c1]`` with every entry repeated ``L`` times, as a vector of ``dtype``;
-    ``reps`` copies of it end to end."""
-    W = (c1 - c0) * L
-    out = np.empty(W * reps, dtype=dtype)
-    for c in range(c0, c1):
-        val = v[c]
-        for j in range((c - c0) * L, (c - c0 + 1) * L):
-            out[j] = val
-    for r in range(1, reps):
-        out[r * W:(r + 1) * W] = out[:W]
-    return out
 
 
 @helper

@@ -40,8 +40,7 @@ from ._jit import helper, twin
 
 __all__ = [
     "ROW_MIN", "CHUNK", "COL_BLOCK", "COL_TASK_ELEMS", "COL_TASKS_MAX", "PAD", "channel_moments", "channel_shift",
-    "finish_moments",
-    "run_moments", "run_sums", "sums_par", "sums_ser", "task_bounds",
+    "expand", "finish_moments", "run_moments", "run_sums", "sums_par", "sums_ser", "task_bounds",
 ]
 
 #: Shortest contiguous run handled by the rows pattern.
@@ -122,6 +121,21 @@ def channel_moments(x, c):
         s1 += a1
         s2 += a2
     return finish_moments(s1, s2, k, x.shape[0] * x.shape[2])
+
+
+@helper
+def expand(v, c0, c1, L, dtype, reps=1):
+    """``v[c0:c1]`` with every entry repeated ``L`` times, as a vector of ``dtype``;
+    ``reps`` copies of it end to end."""
+    W = (c1 - c0) * L
+    out = np.empty(W * reps, dtype=dtype)
+    for c in range(c0, c1):
+        val = v[c]
+        for j in range((c - c0) * L, (c - c0 + 1) * L):
+            out[j] = val
+    for r in range(1, reps):
+        out[r * W:(r + 1) * W] = out[:W]
+    return out
 
 
 @helper
@@ -206,12 +220,8 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max, square):
     tasks = row_tasks * nblocks
     p1 = np.empty((tasks, min(block, W) + PAD))
     p2 = np.empty((tasks, min(block, W) + PAD))
-    uw = np.empty(W)
-    vw = np.empty(W)
-    for c in range(C):  # (no integer division per column: L is not known at compile time)
-        for j in range(c * L, (c + 1) * L):
-            uw[j] = us[c]
-            vw[j] = vs[c]
+    uw = expand(us, 0, C, L, np.float64)
+    vw = expand(vs, 0, C, L, np.float64)
     for t in prange(tasks):
         tr = t // nblocks
         j0 = (t % nblocks) * block
