@@ -132,6 +132,31 @@ def test_segment_sums_match_numpy(case):
     assert s1[0] == s1[-1] == s2[0] == s2[-1] == 7  # nothing written outside the segments' entries
 
 
+@njit
+def _segment_moments(u, a, seg_len, s1, s2):
+    segment_sums(u, None, a, None, seg_len, s1, s2)
+
+
+@given(segmented())
+def test_segment_moments_match_numpy_and_the_paired_form(case):
+    """``v`` and ``b`` None: the forward moments, each value loaded once; the same
+    floating-point operations as passing ``u`` and ``a`` twice."""
+    seg_len, segs, lead, dtype, _, seed = case
+    n = seg_len * segs
+    rng = np.random.default_rng(seed)
+    u = rng.normal(3.0, 2.0, size=lead + n).astype(dtype)[lead:]
+    a = 2.5 if seed % 2 else rng.normal(3.0, 1.0, size=segs)
+    s1, s2 = np.zeros(segs), np.zeros(segs)
+    _segment_moments(u, a, seg_len, s1, s2)
+    p1, p2 = np.zeros(segs), np.zeros(segs)
+    _segment_sums(u, u, a, a, seg_len, p1, p2)
+    np.testing.assert_array_equal(s1, p1)
+    np.testing.assert_array_equal(s2, p2)
+    du = (u.astype(np.float64) - np.repeat(np.broadcast_to(a, segs), seg_len)).reshape(segs, seg_len)
+    np.testing.assert_allclose(s1, du.sum(axis=1), rtol=1e-12, atol=1e-11)
+    np.testing.assert_allclose(s2, (du * du).sum(axis=1), rtol=1e-12, atol=1e-11)
+
+
 def test_segment_sums_propagate_nan_to_their_segment_only():
     x = np.arange(48, dtype=np.float32)
     x[20] = np.nan  # segment 1 of 3 (16 values each)
@@ -162,6 +187,13 @@ def test_segment_intrinsics_reject_bad_operands():
 
     with pytest.raises(TypingError, match="a must be a number or a 1-D float64 array"):
         sums_f32_shift(np.ones(8), np.ones(2, np.float32), np.zeros(2))
+
+    @njit
+    def moments_with_b(x, s):
+        segment_sums(x, None, 0.0, 0.0, 4, s, s)
+
+    with pytest.raises(TypingError, match="v and b must both be None"):
+        moments_with_b(np.ones(8), np.zeros(2))
 
 
 @pytest.mark.parametrize("formula,match", [

@@ -92,7 +92,7 @@ def _block_forward(x, w, b, eps, out, cb, nt):
             s1[:] = 0.0
             s2[:] = 0.0
             for p in range(P):
-                segment_sums(x2[p, j0:j1], x2[p, j0:j1], shift[c0:c1], shift[c0:c1], L, s1, s2)
+                segment_sums(x2[p, j0:j1], None, shift[c0:c1], None, L, s1, s2)
             for c in range(c0, c1):
                 mu, v = finish_moments(s1[c - c0], s2[c - c0], shift[c], n)
                 r = 1.0 / np.sqrt(v + eps)

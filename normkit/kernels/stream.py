@@ -423,16 +423,20 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
     vectors, a vector that straddles a boundary split between the two segments by
     lane masks, instead of one short loop per segment. ``len(u)`` must be a
     multiple of ``seg_len``; segments shorter than one vector are summed by a
-    scalar loop."""
-    for name, arr in (("u", u), ("v", v)):
+    scalar loop. ``v`` and ``b`` both None: the forward moments, ``v = u`` and
+    ``b = a``, each value loaded and shifted once."""
+    square = isinstance(v, types.NoneType)
+    if square != isinstance(b, types.NoneType):
+        raise TypingError(f"segment_sums: v and b must both be None (the moments) or neither, got {v} and {b}")
+    for name, arr in (("u", u),) if square else (("u", u), ("v", v)):
         if not isinstance(arr, types.Array) or arr.ndim != 1 or not isinstance(arr.dtype, types.Float):
             raise TypingError(f"segment_sums: {name} must be a 1-D float array, got {arr}")
-    if u.dtype != v.dtype:
+    if not square and u.dtype != v.dtype:
         raise TypingError(f"segment_sums: u and v must share a dtype, got {u.dtype} and {v.dtype}")
     for name, arr in (("s1", s1), ("s2", s2)):
         if not isinstance(arr, types.Array) or arr.ndim != 1 or arr.dtype != types.float64:
             raise TypingError(f"segment_sums: {name} must be a 1-D float64 array, got {arr}")
-    for name, shift in (("a", a), ("b", b)):
+    for name, shift in (("a", a),) if square else (("a", a), ("b", b)):
         if isinstance(shift, types.Array):
             if shift.ndim != 1 or shift.dtype != types.float64:
                 raise TypingError(f"segment_sums: {name} must be a number or a 1-D float64 array, got {shift}")
@@ -440,7 +444,7 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
             raise TypingError(f"segment_sums: {name} must be a number or a 1-D float64 array, got {shift}")
     if not isinstance(seg_len, types.Integer):
         raise TypingError(f"segment_sums: seg_len must be an integer, got {seg_len}")
-    shifts = tuple(sh if isinstance(sh, types.Array) else types.float64 for sh in (a, b))
+    shifts = tuple(sh if isinstance(sh, (types.Array, types.NoneType)) else types.float64 for sh in (a, b))
     sig = types.void(u, v, shifts[0], shifts[1], types.intp, s1, s2)
 
     def codegen(context, builder, signature, args):
@@ -453,7 +457,7 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
         uary = context.make_array(u)(context, builder, u_v)
         n = builder.extract_value(uary.shape, 0)
         up = uary.data
-        vp = context.make_array(v)(context, builder, v_v).data
+        vp = up if square else context.make_array(v)(context, builder, v_v).data
         o1 = context.make_array(s1)(context, builder, s1_v).data
         o2 = context.make_array(s2)(context, builder, s2_v).data
         L = len_v
@@ -491,12 +495,16 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
         zero_d = ir.Constant(f64, 0.0)
         acc1 = cgutils.alloca_once_value(builder, zero_v)
         acc2 = cgutils.alloca_once_value(builder, zero_v)
+        acc3 = cgutils.alloca_once_value(builder, zero_v)  # the second vector of a step (vector path)
+        acc4 = cgutils.alloca_once_value(builder, zero_v)
         t1 = cgutils.alloca_once_value(builder, zero_d)
         t2 = cgutils.alloca_once_value(builder, zero_d)
         seg = cgutils.alloca_once_value(builder, zero)
 
         def scalar_terms(i, j):
             d = builder.fsub(widen(builder.load(builder.gep(up, [i]), align=isz), f64), shift_at(0, j), flags=_FLAGS)
+            if square:
+                return d, builder.fmul(d, d, flags=_FLAGS)
             e = builder.fsub(widen(builder.load(builder.gep(vp, [i]), align=isz), f64), shift_at(1, j), flags=_FLAGS)
             return d, builder.fmul(d, e, flags=_FLAGS)
 
@@ -508,8 +516,10 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
             builder.store(builder.fadd(builder.load(ptr), val), ptr)
 
         def finish(j):
-            accumulate(o1, j, builder.fadd(hsum(builder.load(acc1)), builder.load(t1)))
-            accumulate(o2, j, builder.fadd(hsum(builder.load(acc2)), builder.load(t2)))
+            both1 = builder.fadd(builder.load(acc1), builder.load(acc3))
+            both2 = builder.fadd(builder.load(acc2), builder.load(acc4))
+            accumulate(o1, j, builder.fadd(hsum(both1), builder.load(t1)))
+            accumulate(o2, j, builder.fadd(hsum(both2), builder.load(t2)))
 
         vectors = builder.and_(builder.icmp_signed(">=", L, Wc), builder.icmp_signed(">=", n, Wc))
         with builder.if_else(vectors) as (vec, scal):
@@ -517,38 +527,76 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
                 bound = cgutils.alloca_once_value(builder, L)
                 lanes = ir.Constant(idx_t, list(range(W)))
                 full = builder.sub(n, builder.srem(n, Wc))
-                with cgutils.for_range_slice(builder, zero, full, Wc) as (i, _):
-                    bnd = builder.load(bound)
-                    j = builder.load(seg)
-                    ends = builder.icmp_signed(">=", builder.add(i, Wc), bnd)
-                    first = _lanes_below(builder, i, bnd, lanes)
+                # The current segment's shifts as vectors, set at the start of each segment
+                # (a number's once): inside a segment a vector costs its loads and arithmetic
+                # only; the lane masks are built where a vector reaches a segment's end.
+                used = shift_ptrs[:1] if square else shift_ptrs
+                slots = [None if ptr is None else cgutils.alloca_once_value(builder, _splat(builder, shift_at(k, zero), vd))
+                         for k, ptr in enumerate(used)]
+                fixed = [_splat(builder, shift_at(k, zero), vd) if ptr is None else None for k, ptr in enumerate(used)]
 
-                    def shift_vector(k):
-                        here = _splat(builder, shift_at(k, j), vd)
-                        if shift_ptrs[k] is None:
-                            return here
-                        # a straddling vector's lanes from the bound on take the next segment's
-                        # shift (read only then: past the last segment there is none)
-                        nxt = builder.add(j, builder.zext(builder.icmp_signed(">", builder.add(i, Wc), bnd), intp))
-                        return builder.select(first, here, _splat(builder, shift_at(k, nxt), vd))
+                def shift_vector(k):
+                    return fixed[k] if slots[k] is None else builder.load(slots[k])
 
+                def terms(i):
                     def load(ptr, shift):
                         x = builder.load(builder.bitcast(builder.gep(ptr, [i]), vf.as_pointer()), align=isz)
                         return builder.fsub(widen(x, vd), shift, flags=_FLAGS)
                     d = load(up, shift_vector(0))
-                    p = builder.fmul(d, load(vp, shift_vector(1)), flags=_FLAGS)
-                    with builder.if_else(ends, likely=False) as (split, inside):
-                        with inside:
-                            add(acc1, d)
-                            add(acc2, p)
-                        with split:  # lanes below the bound close this segment, the rest open the next
-                            add(acc1, builder.select(first, d, zero_v))
-                            add(acc2, builder.select(first, p, zero_v))
-                            finish(j)
-                            builder.store(builder.select(first, zero_v, d), acc1)
-                            builder.store(builder.select(first, zero_v, p), acc2)
-                            builder.store(builder.add(j, one), seg)
-                            builder.store(builder.add(bnd, L), bound)
+                    if square:
+                        return d, builder.fmul(d, d, flags=_FLAGS)
+                    return d, builder.fmul(d, load(vp, shift_vector(1)), flags=_FLAGS)
+
+                # Two vectors per step while both lie inside the segment, into two pairs of
+                # accumulators: one pair would wait on the add latency every vector.
+                step = cgutils.alloca_once_value(builder, zero)
+                head = builder.append_basic_block("segment_sums.head")
+                body = builder.append_basic_block("segment_sums.body")
+                done = builder.append_basic_block("segment_sums.done")
+                builder.branch(head)
+                builder.position_at_end(head)
+                i = builder.load(step)
+                builder.cbranch(builder.icmp_signed("<", i, full), body, done)
+                builder.position_at_end(body)
+                bnd = builder.load(bound)
+                j = builder.load(seg)
+                pair = builder.icmp_signed("<", builder.add(i, builder.add(Wc, Wc)), bnd)
+                with builder.if_else(pair, likely=True) as (two, one_vector):
+                    with two:
+                        d0, p0 = terms(i)
+                        d1, p1 = terms(builder.add(i, Wc))
+                        add(acc1, d0)
+                        add(acc2, p0)
+                        add(acc3, d1)
+                        add(acc4, p1)
+                        builder.store(builder.add(i, builder.add(Wc, Wc)), step)
+                    with one_vector:
+                        ends = builder.icmp_signed(">=", builder.add(i, Wc), bnd)
+                        d, p = terms(i)
+                        with builder.if_else(ends, likely=False) as (split, inside):
+                            with inside:
+                                add(acc1, d)
+                                add(acc2, p)
+                            with split:  # lanes below the bound close this segment, the rest open the next
+                                first = _lanes_below(builder, i, bnd, lanes)
+                                add(acc1, builder.select(first, d, zero_v))
+                                add(acc2, builder.select(first, p, zero_v))
+                                finish(j)
+                                nxt = builder.add(j, one)
+                                with builder.if_then(builder.icmp_signed("<", bnd, n)):  # a next segment exists
+                                    for k, slot in enumerate(slots):
+                                        if slot is not None:
+                                            builder.store(_splat(builder, shift_at(k, nxt), vd), slot)
+                                d2, p2 = terms(i)  # the lanes from the bound on, with the next shifts
+                                builder.store(builder.select(first, zero_v, d2), acc1)
+                                builder.store(builder.select(first, zero_v, p2), acc2)
+                                builder.store(zero_v, acc3)
+                                builder.store(zero_v, acc4)
+                                builder.store(nxt, seg)
+                                builder.store(builder.add(bnd, L), bound)
+                        builder.store(builder.add(i, Wc), step)
+                builder.branch(head)
+                builder.position_at_end(done)
                 with builder.if_then(builder.icmp_signed("<", full, n)):  # the last segment's tail
                     with cgutils.for_range_slice(builder, full, n, one) as (i, _):
                         d, p = scalar_terms(i, builder.load(seg))
