@@ -587,9 +587,13 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
                                     for k, slot in enumerate(slots):
                                         if slot is not None:
                                             builder.store(_splat(builder, shift_at(k, nxt), vd), slot)
-                                d2, p2 = terms(i)  # the lanes from the bound on, with the next shifts
-                                builder.store(builder.select(first, zero_v, d2), acc1)
-                                builder.store(builder.select(first, zero_v, p2), acc2)
+                                builder.store(zero_v, acc1)
+                                builder.store(zero_v, acc2)
+                                straddles = builder.icmp_signed(">", builder.add(i, Wc), bnd)
+                                with builder.if_then(straddles):  # the lanes from the bound on, next shifts
+                                    d2, p2 = terms(i)
+                                    builder.store(builder.select(first, zero_v, d2), acc1)
+                                    builder.store(builder.select(first, zero_v, p2), acc2)
                                 builder.store(zero_v, acc3)
                                 builder.store(zero_v, acc4)
                                 builder.store(nxt, seg)
