@@ -548,7 +548,7 @@ def segment_sums(typingctx, u, v, a, b, seg_len, s1, s2):
                     return d, builder.fmul(d, load(vp, shift_vector(1)), flags=_FLAGS)
 
                 # Two vectors per step while both lie inside the segment, into two pairs of
-                # accumulators: one pair would wait on the add latency every vector.
+                # accumulators (two independent chains of adds; summed at the segment's end).
                 step = cgutils.alloca_once_value(builder, zero)
                 head = builder.append_basic_block("segment_sums.head")
                 body = builder.append_basic_block("segment_sums.body")
