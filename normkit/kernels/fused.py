@@ -33,7 +33,7 @@ from numba import prange
 from ._jit import helper, twin
 from .coefs import backward_coefs, forward_coefs, shared_forward_coefs
 from .elementwise import AFFINE, AFFINE2, affine, affine2
-from .reduce import PAD, channel_shift, finish_moments, run_moments, run_sums
+from .reduce import apart, channel_shift, finish_moments, run_moments, run_sums
 from .stream import fence, segment_map, segment_sums, span, workers
 
 __all__ = [
@@ -50,14 +50,6 @@ def _block_bounds(t, cb, C, L):
     c0 = t * cb
     c1 = min(C, c0 + cb)
     return c0, c1, c0 * L, c1 * L
-
-
-@helper
-def _worker_sums(nw, cb):
-    """Per worker, a pair of ``cb`` float64 accumulators, a page apart from the other
-    workers' (:data:`.reduce.PAD`): they take a store per row, and two cores storing
-    within one page run at the speed of one (``docs/experiments/page_apart.py``)."""
-    return np.empty((nw, 2, cb + PAD))
 
 
 def _block_forward(x, w, b, eps, out, cb, nt):
@@ -79,7 +71,8 @@ def _block_forward(x, w, b, eps, out, cb, nt):
     tasks = (C + cb - 1) // cb
     nw = workers(tasks)
     scratch = np.empty((nw, 3), x.dtype)
-    sums = _worker_sums(nw, cb)
+    sums1 = apart(nw, cb)  # per worker (a store per row)
+    sums2 = apart(nw, cb)
     for wk in prange(nw):
         t0, t1 = span(wk, nw, tasks)
         co = scratch[wk]
@@ -87,8 +80,8 @@ def _block_forward(x, w, b, eps, out, cb, nt):
             c0, c1, j0, j1 = _block_bounds(t, cb, C, L)
             for c in range(c0, c1):
                 shift[c] = channel_shift(x, c)
-            s1 = sums[wk, 0, :c1 - c0]
-            s2 = sums[wk, 1, :c1 - c0]
+            s1 = sums1[wk, :c1 - c0]
+            s2 = sums2[wk, :c1 - c0]
             s1[:] = 0.0
             s2[:] = 0.0
             for p in range(P):
@@ -163,14 +156,15 @@ def _block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb, nt):
     tasks = (C + cb - 1) // cb
     nw = workers(tasks)
     scratch = np.empty((nw, 4), x.dtype)
-    sums = _worker_sums(nw, cb)
+    sums1 = apart(nw, cb)  # per worker (a store per row)
+    sums2 = apart(nw, cb)
     for wk in prange(nw):
         t0, t1 = span(wk, nw, tasks)
         co = scratch[wk]
         for t in range(t0, t1):
             c0, c1, j0, j1 = _block_bounds(t, cb, C, L)
-            a1 = sums[wk, 0, :c1 - c0]
-            a2 = sums[wk, 1, :c1 - c0]
+            a1 = sums1[wk, :c1 - c0]
+            a2 = sums2[wk, :c1 - c0]
             a1[:] = 0.0
             a2[:] = 0.0
             for p in range(P):

@@ -39,8 +39,8 @@ from numba import prange
 from ._jit import helper, twin
 
 __all__ = [
-    "ROW_MIN", "CHUNK", "COL_BLOCK", "COL_TASK_ELEMS", "COL_TASKS_MAX", "PAD", "channel_moments", "channel_shift",
-    "expand", "finish_moments", "run_moments", "run_sums", "sums_par", "sums_ser", "task_bounds",
+    "ROW_MIN", "CHUNK", "COL_BLOCK", "COL_TASK_ELEMS", "COL_TASKS_MAX", "PAD", "apart", "channel_moments",
+    "channel_shift", "expand", "finish_moments", "run_moments", "run_sums", "sums_par", "sums_ser", "task_bounds",
 ]
 
 #: Shortest contiguous run handled by the rows pattern.
@@ -121,6 +121,16 @@ def channel_moments(x, c):
         s1 += a1
         s2 += a2
     return finish_moments(s1, s2, k, x.shape[0] * x.shape[2])
+
+
+@helper
+def apart(rows, width):
+    """``rows`` rows of ``width`` float64 accumulators, one per task or worker, each row
+    :data:`PAD` entries (a page) from the next: accumulators that take a store on every
+    sweep run at one core's speed when two cores store within one 4 KiB page, even on
+    different cache lines (``docs/experiments/page_apart.py``). Use ``[r, :width]``;
+    the caller zeroes what it accumulates into."""
+    return np.empty((rows, width + PAD))
 
 
 @helper
@@ -214,12 +224,9 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max, square):
     v2 = v.reshape(P, W)
     row_tasks = min(tasks_max, max(1, P), max(1, (P * W) // task_elems))
     nblocks = max(1, (W + block - 1) // block)
-    # Every task's partial sums lie a page apart from the others': two threads storing
-    # on every sweep to accumulators within one 4 KiB page run at the speed of one
-    # (measured: ``docs/experiments/page_apart.py``, ``col_tasks.py``).
     tasks = row_tasks * nblocks
-    p1 = np.empty((tasks, min(block, W) + PAD))
-    p2 = np.empty((tasks, min(block, W) + PAD))
+    p1 = apart(tasks, min(block, W))  # per task, a page from the others' (col_tasks.py)
+    p2 = apart(tasks, min(block, W))
     uw = expand(us, 0, C, L, np.float64)
     vw = expand(vs, 0, C, L, np.float64)
     for t in prange(tasks):

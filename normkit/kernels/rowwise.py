@@ -46,7 +46,7 @@ from numba import prange
 
 from . import norm
 from ._jit import helper, twin
-from .reduce import PAD
+from .reduce import apart
 from .stream import fence, span, stream_map, streams, workers
 
 __all__ = ["ROW_CHUNK", "ROW_FUSE_MAX", "TASKS_MAX", "TASK_ELEMS", "backward_tasks", "row_backward", "row_forward"]
@@ -179,8 +179,8 @@ def _apply_chunked(x, w, b, eps, mean, var, rstd, coef, out, chunk, nt):
 
 def _backward_fused(dy, x, w, mean, rstd, center, dx, need_dx, tasks, coef, dw, db, nt):
     R, D = x.shape
-    pw = np.empty((tasks, D + PAD))  # each task's accumulators a page apart (see reduce.PAD)
-    pb = np.empty((tasks, D + PAD))
+    pw = apart(tasks, D)
+    pb = apart(tasks, D)
     for t in prange(tasks):  # few tasks (<= TASKS_MAX), each many rows: a fence per task
         pw[t, :D] = 0.0
         pb[t, :D] = 0.0
