@@ -392,6 +392,30 @@ def test_empty_input(name, args, shape):
     assert all(torch.equal(v, before[0][k]) for k, v in mine.state_dict().items())
 
 
+@pytest.mark.parametrize(
+    "name,args,shape",
+    [("LayerNorm", ((3, 5, 5),), (4, 3, 5, 5)), ("RMSNorm", (5,), (4, 3, 5)), ("GroupNorm", (1, 3), (4, 3, 5, 5)),
+     ("GroupNorm", (3, 6), (2, 6, 7, 7))],
+    ids=["LN", "RMS", "GN", "GN_7x7"],
+)
+def test_zero_eps_on_constant_groups(name, args, shape):
+    """eps=0 (accepted by torch and by normkit) and groups of equal values: 1/sqrt(0) is
+    infinite, and the kernels give what torch gives there (NaN), forward and backward,
+    instead of raising ZeroDivisionError from compiled code."""
+    ref, mine = make_pair(name, *args, eps=0.0)
+    x = torch.zeros(shape)  # zero variance (and zero mean square, for RMSNorm)
+    x[0] = torch.randn(shape[1:])  # one sample with a spread: finite there
+    xr, xm = leaf(x), leaf(x)
+    yr, ym = ref(xr), mine(xm)
+    assert _kernel_node(ym).startswith("Kernel")
+    assert torch.isnan(yr).any() and torch.isfinite(yr[0]).all()  # the case is what it claims
+    torch.testing.assert_close(ym, yr, equal_nan=True, rtol=1e-4, atol=1e-5)
+    g = torch.randn(shape)
+    yr.backward(g)
+    ym.backward(g)
+    torch.testing.assert_close(xm.grad, xr.grad, equal_nan=True, rtol=1e-4, atol=1e-4)
+
+
 def test_no_grad_path_equals_autograd_path():
     """Without autograd the functionals call the kernels directly; same numbers."""
     cases = [

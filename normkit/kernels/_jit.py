@@ -7,6 +7,13 @@
   vectorise the float64 reductions and fuse multiply-adds. It deliberately
   leaves out ``nnan``/``ninf``: non-finite inputs must propagate into the
   statistics, where the layers detect them.
+* ``error_model="numpy"``: a float division by zero gives IEEE infinity or NaN,
+  as NumPy and torch do, instead of raising ``ZeroDivisionError`` (with ``eps=0``
+  a constant group has ``1/sqrt(0)``: torch's layers give NaN or infinity there,
+  and so do these kernels). It also takes the test-and-raise branch out of every
+  division, which is what lets LLVM vectorise the per-channel coefficient loops
+  (``docs/experiments/block_coefs.py``). Integer divisors are never zero here:
+  sizes are checked at the public boundary.
 * :func:`twin` compiles one source twice: with ``prange`` loops on Numba's
   thread pool, and as plain loops for inputs too small to repay a parallel launch.
 """
@@ -23,7 +30,7 @@ __all__ = ["FASTMATH", "helper", "twin"]
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-_OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH)
+_OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 #: Serial jitted functions: helpers called from kernels, and small entry points.
 helper = njit(**_OPTIONS)
