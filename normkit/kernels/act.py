@@ -113,7 +113,7 @@ def _act_forward(x, z, w, b, eps, out, batch_stats, mean_in, var_in, nt):
     mean = np.empty(C)
     var = np.empty(C)
     rstd = np.empty(C)
-    scratch = np.empty((C, 3), x.dtype)  # per-channel coefficients (no allocation inside the loop)
+    coefs = np.empty((3, C), x.dtype)  # per channel (m, a, s)
     nw = workers(C)
     for wk in prange(nw):
         c0, c1 = span(wk, nw, C)
@@ -127,9 +127,8 @@ def _act_forward(x, z, w, b, eps, out, batch_stats, mean_in, var_in, nt):
             mean[c] = mu
             var[c] = v
             rstd[c] = r
-            co = scratch[c]
-            forward_coefs(mu, r, w, b, c, co)
-            m, a, s = co[0], co[1], co[2]
+            forward_coefs(mu, r, w, b, c, coefs)
+            m, a, s = coefs[0, c], coefs[1, c], coefs[2, c]
             if z is None:
                 for p in range(P):
                     _RUN(x[p, c], out[p, c], m, a, s, _ACT, nt)  # noqa: F821
@@ -185,10 +184,11 @@ def _act_backward(dy, x, z, w, b, mean, rstd, batch_stats, dx, dz):
     has_z = z.shape[0] > 0
     dw = np.empty(C)
     db = np.empty(C)
+    fc = np.empty((3, C), x.dtype)  # per channel: the forward's (m, a, s), the backward's (a, q, m, k)
+    bc = np.empty((4, C), x.dtype)
     for c in prange(C):
-        co = np.empty(3, x.dtype)
-        forward_coefs(mean[c], rstd[c], w, b, c, co)
-        m, a, s = co[0], co[1], co[2]
+        forward_coefs(mean[c], rstd[c], w, b, c, fc)
+        m, a, s = fc[0, c], fc[1, c], fc[2, c]
         mu = mean[c]
         s1 = 0.0
         s2 = 0.0
@@ -204,9 +204,8 @@ def _act_backward(dy, x, z, w, b, mean, rstd, batch_stats, dx, dz):
                 s2 += a2
         dw[c] = s2 * rstd[c]
         db[c] = s1
-        bc = np.empty(4, x.dtype)
         backward_coefs(mu, rstd[c], w, c, s1, s2, n, batch_stats, bc)
-        ga, gq, gm, gk = bc[0], bc[1], bc[2], bc[3]
+        ga, gq, gm, gk = bc[0, c], bc[1, c], bc[2, c], bc[3, c]
         if has_z:
             for p in range(P):
                 _grad_run(dy[p, c], x[p, c], z[p, c], dx[p, c], dz[p, c], m, a, s, ga, gq, gm, gk, _ACT)  # noqa: F821

@@ -31,7 +31,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, twin
-from .coefs import backward_coefs, forward_coefs, shared_forward_coefs
+from .coefs import backward_channels, backward_coefs, finish_channels, shared_forward_coefs
 from .elementwise import AFFINE, AFFINE2, affine, affine2
 from .reduce import apart, channel_shift, finish_moments, run_moments, run_sums
 from .stream import fence, segment_map, segment_sums, span, workers
@@ -70,12 +70,10 @@ def _block_forward(x, w, b, eps, out, cb, nt):
     coefs = np.empty((3, C), x.dtype)  # per channel (m, a, s)
     tasks = (C + cb - 1) // cb
     nw = workers(tasks)
-    scratch = np.empty((nw, 3), x.dtype)
     sums1 = apart(nw, cb)  # per worker (a store per row)
     sums2 = apart(nw, cb)
     for wk in prange(nw):
         t0, t1 = span(wk, nw, tasks)
-        co = scratch[wk]
         for t in range(t0, t1):
             c0, c1, j0, j1 = _block_bounds(t, cb, C, L)
             for c in range(c0, c1):
@@ -86,16 +84,7 @@ def _block_forward(x, w, b, eps, out, cb, nt):
             s2[:] = 0.0
             for p in range(P):
                 segment_sums(x2[p, j0:j1], None, shift[c0:c1], None, L, s1, s2)
-            for c in range(c0, c1):
-                mu, v = finish_moments(s1[c - c0], s2[c - c0], shift[c], n)
-                r = 1.0 / np.sqrt(v + eps)
-                mean[c] = mu
-                var[c] = v
-                rstd[c] = r
-                forward_coefs(mu, r, w, b, c, co)
-                coefs[0, c] = co[0]
-                coefs[1, c] = co[1]
-                coefs[2, c] = co[2]
+            finish_channels(s1, s2, shift, n, eps, w, b, c0, mean, var, rstd, coefs)
             for p in range(P):
                 segment_map(AFFINE, o2[p, j0:j1], (x2[p, j0:j1],), (coefs[0, c0:c1], coefs[1, c0:c1], coefs[2, c0:c1]),
                             L, nt)
@@ -113,7 +102,7 @@ def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, nt):
     n = P * L
     dw = np.empty(C)
     db = np.empty(C)
-    scratch = np.empty((C, 4), x.dtype)
+    coefs = np.empty((4, C), x.dtype)  # per channel (a, q, m, k)
     nw = workers(C)
     for wk in prange(nw):
         c0, c1 = span(wk, nw, C)
@@ -128,9 +117,8 @@ def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, nt):
             dw[c] = s2 * rstd[c]
             db[c] = s1
             if need_dx:
-                co = scratch[c]
-                backward_coefs(mc, rstd[c], w, c, s1, s2, n, batch_stats, co)
-                a, q, m, k = co[0], co[1], co[2], co[3]
+                backward_coefs(mc, rstd[c], w, c, s1, s2, n, batch_stats, coefs)
+                a, q, m, k = coefs[0, c], coefs[1, c], coefs[2, c], coefs[3, c]
                 if batch_stats:
                     for p in range(P):
                         affine2(dy[p, c], x[p, c], dx[p, c], a, q, m, k, nt)
@@ -155,12 +143,10 @@ def _block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb, nt):
     coefs = np.empty((4, C), x.dtype)  # per channel (a, q, m, k)
     tasks = (C + cb - 1) // cb
     nw = workers(tasks)
-    scratch = np.empty((nw, 4), x.dtype)
     sums1 = apart(nw, cb)  # per worker (a store per row)
     sums2 = apart(nw, cb)
     for wk in prange(nw):
         t0, t1 = span(wk, nw, tasks)
-        co = scratch[wk]
         for t in range(t0, t1):
             c0, c1, j0, j1 = _block_bounds(t, cb, C, L)
             a1 = sums1[wk, :c1 - c0]
@@ -173,10 +159,7 @@ def _block_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, cb, nt):
             s2[c0:c1] = a2
             if not need_dx:
                 continue
-            for c in range(c0, c1):
-                backward_coefs(mean[c], rstd[c], w, c, s1[c], s2[c], n, batch_stats, co)
-                for i in range(4):
-                    coefs[i, c] = co[i]
+            backward_channels(mean, rstd, w, s1, s2, n, batch_stats, c0, c1, coefs)
             a, q, m, k = coefs[0, c0:c1], coefs[1, c0:c1], coefs[2, c0:c1], coefs[3, c0:c1]
             if batch_stats:
                 for p in range(P):

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import elementwise, reduce, stream
 from ._jit import helper, twin
-from .coefs import backward_coefs, forward_coefs
+from .coefs import backward_channels, forward_coefs
 from .act import act_forward
 from .elementwise import affine2_par, affine2_ser, affine_par, affine_ser
 from .fused import (
@@ -123,34 +123,17 @@ def _config(x: np.ndarray, want_fused: bool = False, out: Optional[np.ndarray] =
 
 @helper
 def _forward_vectors(x, mean, rstd, w, b):
-    C = x.shape[1]
-    m = np.empty(C, x.dtype)
-    a = np.empty(C, x.dtype)
-    s = np.empty(C, x.dtype)
-    co = np.empty(3, x.dtype)
-    for c in range(C):
-        forward_coefs(mean[c], rstd[c], w, b, c, co)
-        m[c] = co[0]
-        a[c] = co[1]
-        s[c] = co[2]
-    return m, a, s
+    coefs = np.empty((3, x.shape[1]), x.dtype)
+    for c in range(x.shape[1]):
+        forward_coefs(mean[c], rstd[c], w, b, c, coefs)
+    return coefs[0], coefs[1], coefs[2]
 
 
 @helper
 def _backward_vectors(x, mean, rstd, w, s1, s2, n, batch_stats):
-    C = x.shape[1]
-    a = np.empty(C, x.dtype)
-    q = np.empty(C, x.dtype)
-    m = np.empty(C, x.dtype)
-    k = np.empty(C, x.dtype)
-    co = np.empty(4, x.dtype)
-    for c in range(C):
-        backward_coefs(mean[c], rstd[c], w, c, s1[c], s2[c], n, batch_stats, co)
-        a[c] = co[0]
-        q[c] = co[1]
-        m[c] = co[2]
-        k[c] = co[3]
-    return a, q, m, k
+    coefs = np.empty((4, x.shape[1]), x.dtype)
+    backward_channels(mean, rstd, w, s1, s2, n, batch_stats, 0, x.shape[1], coefs)
+    return coefs[0], coefs[1], coefs[2], coefs[3]
 
 
 @helper
