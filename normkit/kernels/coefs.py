@@ -15,6 +15,11 @@ the input's dtype (so that assignment performs the rounding; its rows are the
 element passes' coefficient vectors). Called in a loop over channels, the loop
 vectorises: no scratch row between channels, and no division that raises
 (the kernels' ``error_model="numpy"``, :mod:`._jit`).
+
+Loops over a range of channels index them as ``np.uint64(c0 + j)``: Numba wraps
+a negative signed index around (``i + len`` when ``i < 0``), and with an offset
+it cannot rule out, every address becomes a select that keeps LLVM from
+vectorising the loop; an unsigned index has no wraparound.
 """
 
 from __future__ import annotations
@@ -46,11 +51,8 @@ def finish_channels(s1, s2, shift, n, eps, w, b, c0, mean, var, rstd, coefs):
     that LLVM vectorises (square roots and divisions four or eight at a time): the
     blocked forms finish thousands of short channels per call, 65,536 instances for
     InstanceNorm on 32x2048x7x7 (``docs/experiments/block_coefs.py``)."""
-    # Unsigned indices: with a signed ``c0 + j`` Numba's negative-index wraparound makes
-    # every address conditional, and LLVM leaves the loop scalar.
-    u0 = np.uint64(c0)
-    for j in range(np.uint64(s1.shape[0])):
-        c = u0 + j
+    for j in range(s1.shape[0]):
+        c = np.uint64(c0 + j)  # unsigned: no negative-index wraparound (see the module's notes)
         mu, v = finish_moments(s1[j], s2[j], shift[c], n)
         r = 1.0 / np.sqrt(v + eps)
         mean[c] = mu
@@ -67,9 +69,10 @@ def shared_forward_coefs(mean, rstd, w, b, c0, a, s, co):
     co[0] = mean
     d = mean - np.float64(co[0])
     for j in range(a.shape[0]):
-        scale = rstd if w is None else rstd * w[c0 + j]
+        c = np.uint64(c0 + j)
+        scale = rstd if w is None else rstd * w[c]
         a[j] = scale
-        s[j] = -d * scale if b is None else -d * scale + b[c0 + j]
+        s[j] = -d * scale if b is None else -d * scale + b[c]
 
 
 @helper
@@ -92,7 +95,6 @@ def backward_channels(mean, rstd, w, s1, s2, n, batch_stats, c0, c1, coefs):
     """:func:`backward_coefs` for channels ``c0 .. c1`` (sums ``s1[c]``, ``s2[c]``) into
     ``coefs[:, c]``; one loop that LLVM vectorises (unsigned indices, as
     :func:`finish_channels`)."""
-    u0 = np.uint64(c0)
-    for j in range(np.uint64(c1 - c0)):
-        c = u0 + j
+    for j in range(c1 - c0):
+        c = np.uint64(c0 + j)
         backward_coefs(mean[c], rstd[c], w, c, s1[c], s2[c], n, batch_stats, coefs)

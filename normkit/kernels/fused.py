@@ -255,7 +255,7 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
             S1 = 0.0
             S2 = 0.0
             for j in range(Cg):
-                wc = 1.0 if w is None else np.float64(w[c0 + j])
+                wc = 1.0 if w is None else np.float64(w[np.uint64(c0 + j)])  # unsigned: see .coefs
                 S1 += wc * sum1[j]
                 S2 += wc * sum2[j]
                 sum2[j] *= r
@@ -266,7 +266,7 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
             co[3] = -r * S1 / M + q * (np.float64(co[2]) - mu)
             a_c = coefs[wk]
             for j in range(Cg):  # rounded to x's dtype on assignment, as co[0] elsewhere
-                a_c[j] = r if w is None else r * w[c0 + j]
+                a_c[j] = r if w is None else r * w[np.uint64(c0 + j)]
             segment_map(_GROUP_AFFINE2, dx[n, c0:c0 + Cg].reshape(M), (gy, gx, co[1], co[2], co[3]), (a_c,), L, nt)
         fence(nt)
 
