@@ -4,8 +4,10 @@ per-segment coefficient arrays, and the backward element pass AFFINE2 with four.
 ceiling is stream_map with the coefficients as numbers (no per-segment work at all).
 Each TREE given adds that tree's segment_map (its normkit/kernels/stream.py loaded under
 another module name) alongside this tree's. Median us per call over rounds.
+STREAMED=1 in the environment: the streamed cases only (with 784-value segments).
 Usage: segment_map_ab.py [TREE ...]"""
 import importlib.util
+import os
 import sys
 import time
 
@@ -76,6 +78,8 @@ def tm(f, reps):
 # kernels write outputs of 4-32 MB)
 cases = [(16, 2048, False), (49, 2048, False), (64, 2048, False), (196, 2048, False), (3136, 128, False),
          (49, 32768, True), (196, 8192, True), (3136, 1024, True)]
+if os.environ.get("STREAMED"):  # STREAMED=1: the streamed runs only, 784 added
+    cases = [(49, 32768, True), (196, 8192, True), (784, 2048, True), (3136, 1024, True)]
 for L, S, nt in cases:
     rng = np.random.default_rng(0)
     x = rng.standard_normal(S * L).astype(np.float32)
