@@ -26,8 +26,10 @@ Two memory patterns, chosen by the length ``L`` of the contiguous runs:
   split over ``(p, c, chunk)`` tasks, so it parallelises whatever ``C`` is.
 * **columns** (short runs, e.g. channels-last where ``L == 1``): rows of the
   ``(P, C*L)`` matrix are streamed through vector accumulators, split over
-  (row range, column block) tasks, two rows per sweep; the ``L`` columns of a
-  channel are summed at the end. The number of row tasks depends on the size only, not on the
+  (row range, column block) tasks: tiles of 32 columns keep their sums in
+  registers down blocks of rows (:mod:`.tiles`), the columns after the last
+  tile are swept two rows at a time; the ``L`` columns of a channel are summed
+  at the end. The number of row tasks depends on the size only, not on the
   thread count, so results are the same however many threads run.
 """
 
@@ -37,6 +39,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, twin
+from .tiles import TILE, TILE_ROWS, tile_sums
 
 __all__ = [
     "ROW_MIN", "CHUNK", "COL_BLOCK", "COL_TASK_ELEMS", "COL_TASKS_MAX", "PAD", "apart", "channel_moments",
@@ -151,9 +154,31 @@ def expand(v, c0, c1, L, dtype, reps=1):
 @helper
 def _col_rows(u, v, uw, vw, r0, r1, j0, nj, a1, a2):
     """Columns ``j0 .. j0 + nj`` of rows ``r0 .. r1``: adds ``sum(u - uw)`` to ``a1`` and
-    ``sum((u - uw) * (v - vw))`` to ``a2``, in float64. Two rows per sweep, so the
-    accumulators (in L1, not registers) are loaded and stored once per two rows:
-    their stores, not the arithmetic, bound the one-row form."""
+    ``sum((u - uw) * (v - vw))`` to ``a2``, in float64. Whole tiles of columns keep their
+    sums in registers down blocks of rows (:mod:`.tiles`); the columns after them
+    are swept."""
+    full = (nj // TILE) * TILE
+    for rb in range(r0, r1, TILE_ROWS):
+        tile_sums(u, v, uw, vw, rb, min(rb + TILE_ROWS, r1), j0, full // TILE, a1, a2)
+    if full < nj:
+        _sweep_rows(u, v, uw[full:nj], vw[full:nj], r0, r1, j0 + full, nj - full, a1[full:nj], a2[full:nj])
+
+
+@helper
+def _col_rows_sq(u, uw, r0, r1, j0, nj, a1, a2):
+    """:func:`_col_rows` for ``u = v`` with one shift (the forward statistics): half the loads."""
+    full = (nj // TILE) * TILE
+    for rb in range(r0, r1, TILE_ROWS):
+        tile_sums(u, None, uw, None, rb, min(rb + TILE_ROWS, r1), j0, full // TILE, a1, a2)
+    if full < nj:
+        _sweep_rows_sq(u, uw[full:nj], r0, r1, j0 + full, nj - full, a1[full:nj], a2[full:nj])
+
+
+@helper
+def _sweep_rows(u, v, uw, vw, r0, r1, j0, nj, a1, a2):
+    """:func:`_col_rows` swept row by row, two rows per sweep, so the accumulators (in
+    L1, not registers) are loaded and stored once per two rows: their stores, not the
+    arithmetic, bound the one-row form."""
     r = r0
     while r + 2 <= r1:
         u0 = u[r, j0:j0 + nj]
@@ -176,8 +201,8 @@ def _col_rows(u, v, uw, vw, r0, r1, j0, nj, a1, a2):
 
 
 @helper
-def _col_rows_sq(u, uw, r0, r1, j0, nj, a1, a2):
-    """:func:`_col_rows` for ``u = v`` with one shift (the forward statistics): half the loads."""
+def _sweep_rows_sq(u, uw, r0, r1, j0, nj, a1, a2):
+    """:func:`_sweep_rows` for ``u = v`` with one shift: half the loads."""
     r = r0
     while r + 2 <= r1:
         u0 = u[r, j0:j0 + nj]
