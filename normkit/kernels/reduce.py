@@ -154,24 +154,18 @@ def expand(v, c0, c1, L, dtype, reps=1):
 @helper
 def _col_rows(u, v, uw, vw, r0, r1, j0, nj, a1, a2):
     """Columns ``j0 .. j0 + nj`` of rows ``r0 .. r1``: adds ``sum(u - uw)`` to ``a1`` and
-    ``sum((u - uw) * (v - vw))`` to ``a2``, in float64. Whole tiles of columns keep their
-    sums in registers down blocks of rows (:mod:`.tiles`); the columns after them
-    are swept."""
+    ``sum((u - uw) * (v - vw))`` to ``a2``, in float64; ``v`` and ``vw`` None for the
+    forward moments (``v = u``, ``vw = uw``: each value loaded once). Whole tiles of
+    columns keep their sums in registers down blocks of rows (:mod:`.tiles`); the
+    columns after them are swept."""
     full = (nj // TILE) * TILE
     for rb in range(r0, r1, TILE_ROWS):
         tile_sums(u, v, uw, vw, rb, min(rb + TILE_ROWS, r1), j0, full // TILE, a1, a2)
     if full < nj:
-        _sweep_rows(u, v, uw[full:nj], vw[full:nj], r0, r1, j0 + full, nj - full, a1[full:nj], a2[full:nj])
-
-
-@helper
-def _col_rows_sq(u, uw, r0, r1, j0, nj, a1, a2):
-    """:func:`_col_rows` for ``u = v`` with one shift (the forward statistics): half the loads."""
-    full = (nj // TILE) * TILE
-    for rb in range(r0, r1, TILE_ROWS):
-        tile_sums(u, None, uw, None, rb, min(rb + TILE_ROWS, r1), j0, full // TILE, a1, a2)
-    if full < nj:
-        _sweep_rows_sq(u, uw[full:nj], r0, r1, j0 + full, nj - full, a1[full:nj], a2[full:nj])
+        if v is None:
+            _sweep_rows_sq(u, uw[full:nj], r0, r1, j0 + full, nj - full, a1[full:nj], a2[full:nj])
+        else:
+            _sweep_rows(u, v, uw[full:nj], vw[full:nj], r0, r1, j0 + full, nj - full, a1[full:nj], a2[full:nj])
 
 
 @helper
@@ -265,7 +259,7 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max, square):
         a1[:] = 0.0
         a2[:] = 0.0
         if square:
-            _col_rows_sq(u2, uw[j0:j0 + nj], r0, r1, j0, nj, a1, a2)
+            _col_rows(u2, None, uw[j0:j0 + nj], None, r0, r1, j0, nj, a1, a2)
         else:
             _col_rows(u2, v2, uw[j0:j0 + nj], vw[j0:j0 + nj], r0, r1, j0, nj, a1, a2)
     s1[:] = 0.0
