@@ -247,7 +247,7 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max, square):
     p1 = apart(tasks, min(block, W))  # per task, a page from the others' (col_tasks.py)
     p2 = apart(tasks, min(block, W))
     uw = expand(us, 0, C, L, np.float64)
-    vw = expand(vs, 0, C, L, np.float64)
+    vw = uw if square else expand(vs, 0, C, L, np.float64)  # the moments read uw only
     for t in prange(tasks):
         tr = t // nblocks
         j0 = (t % nblocks) * block
