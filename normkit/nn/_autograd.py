@@ -20,7 +20,7 @@ import torch
 from .. import kernels
 from ..kernels.layout import ChannelView
 from . import _torch_impl
-from ._bridge import as_view, new_like_view, param_grad
+from ._bridge import KernelFunction, as_view, new_like_view, param_grad
 from ._bridge import numpy_view as _np
 
 __all__ = ["KernelBatchNorm", "forward"]
@@ -46,7 +46,7 @@ def forward(
     return y, mean, var, rstd, view
 
 
-class KernelBatchNorm(torch.autograd.Function):
+class KernelBatchNorm(KernelFunction):
     """``y = weight * (x - mean) * rstd + bias`` over channel dim 1, differentiable.
 
     ``batch_stats=True``: ``mean``/``var`` are the batch's (``running_*`` unused);
@@ -58,8 +58,11 @@ class KernelBatchNorm(torch.autograd.Function):
     def forward(ctx, x, weight, bias, running_mean, running_var, batch_stats: bool, eps: float, stats: list):
         y, mean, var, rstd, view = forward(x, weight, bias, running_mean, running_var, batch_stats, eps)
         stats += (mean, var)
-        mean64 = np.ascontiguousarray(mean, dtype=np.float64)
-        ctx.save_for_backward(x, weight, torch.from_numpy(mean64), torch.from_numpy(rstd))
+        ctx.save_for_backward(x, weight)
+        # float64 (C,) arrays of the kernels', private to this node: kept as they are
+        # (saved tensors guard against in-place changes, which nothing else can make here)
+        ctx.mean = np.ascontiguousarray(mean, dtype=np.float64)
+        ctx.rstd = rstd
         ctx.batch_stats = batch_stats
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.eps = eps
@@ -68,17 +71,19 @@ class KernelBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
+        mean, rstd = ctx.mean, ctx.rstd
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            dx, dw, db = _torch_impl.normalize_backward(dy, x, weight, ctx.eps, ctx.batch_stats, mean, rstd)
+            dx, dw, db = _torch_impl.normalize_backward(dy, x, weight, ctx.eps, ctx.batch_stats,
+                                                         torch.from_numpy(mean), torch.from_numpy(rstd))
         else:
             x3, view = as_view(x, 1, like=ctx.view)
             dy3, _ = as_view(dy, 1, like=view)
             dx3 = None
             if need_x:
                 dx, dx3 = new_like_view(x.shape, view, x.dtype)
-            dw, db = kernels.backward(dy3, x3, mean.numpy(), rstd.numpy(), _np(weight), ctx.batch_stats, dx3)
+            dw, db = kernels.backward(dy3, x3, mean, rstd, _np(weight), ctx.batch_stats, dx3)
             dw = param_grad(dw, weight.dtype) if need_w else None
             db = param_grad(db, ctx.bias_dtype) if need_b else None
         grads: List[Optional[torch.Tensor]] = [

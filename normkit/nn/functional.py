@@ -74,18 +74,20 @@ def check_input(
     if len(shape) < 2:
         raise ValueError(f"{layer} expected an input of shape (N, C, ...), got {input.dim()}D input of shape {tuple(shape)}")
     C = shape[1]
-    vectors = (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var))
-    for name, p in vectors:
-        if p is not None and (p.dim() != 1 or p.shape[0] != C):
-            _explain_shapes(layer, shape, vectors)
-    if input.dtype in _KERNEL_DTYPES:
-        for name, p in vectors[:2]:
-            if p is not None and p.dtype != input.dtype:
+    one = (C,)  # compared with torch.Size in one call per vector: this runs on every call
+    for p in (weight, bias, running_mean, running_var):
+        if p is not None and p.shape != one:
+            _explain_shapes(layer, shape, (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                                           ("running_var", running_var)))
+    dtype = input.dtype
+    if dtype is torch.float32 or dtype is torch.float64:
+        for name, p in (("weight", weight), ("bias", bias)):
+            if p is not None and p.dtype is not dtype:
                 raise TypeError(
-                    f"{layer} expected {name} of the input's dtype {input.dtype}, got {p.dtype}; "
-                    f"cast the module (e.g. module.to({input.dtype})) or the input"
+                    f"{layer} expected {name} of the input's dtype {dtype}, got {p.dtype}; "
+                    f"cast the module (e.g. module.to({dtype})) or the input"
                 )
-    if batch_stats:
+    if batch_stats and input.numel() <= C:  # at most one value per channel, or no channels
         _checks.check_training_batch(layer, shape, 1)
 
 
