@@ -20,7 +20,7 @@ import torch
 from .. import kernels
 from ..kernels.layout import ChannelView
 from . import _torch_impl
-from ._bridge import KernelFunction, as_view, new_like_view, param_grad
+from ._bridge import as_view, new_like_view, param_grad
 from ._bridge import numpy_view as _np
 
 __all__ = ["KernelBatchNorm", "forward"]
@@ -46,7 +46,7 @@ def forward(
     return y, mean, var, rstd, view
 
 
-class KernelBatchNorm(KernelFunction):
+class KernelBatchNorm(torch.autograd.Function):
     """``y = weight * (x - mean) * rstd + bias`` over channel dim 1, differentiable.
 
     ``batch_stats=True``: ``mean``/``var`` are the batch's (``running_*`` unused);

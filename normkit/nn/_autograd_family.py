@@ -25,7 +25,7 @@ import torch
 from ..kernels import grouped, rowwise
 from ..kernels.layout import ChannelView
 from . import _torch_family as T
-from ._bridge import KernelFunction, as_view, new_empty, new_like_view, param_grad
+from ._bridge import as_view, new_empty, new_like_view, param_grad
 
 __all__ = ["KernelGroupedNorm", "KernelRowNorm", "grouped_forward", "rows_forward"]
 
@@ -53,7 +53,7 @@ def rows_forward(
     return y, mean, rstd
 
 
-class KernelRowNorm(KernelFunction):
+class KernelRowNorm(torch.autograd.Function):
     """``y = weight * (x - mean) * rstd + bias`` per row of the trailing ``k`` dims, differentiable."""
 
     @staticmethod
@@ -132,7 +132,7 @@ def grouped_forward(
     return y, mean, var, rstd, view
 
 
-class KernelGroupedNorm(KernelFunction):
+class KernelGroupedNorm(torch.autograd.Function):
     """GroupNorm (``instance=False``) or InstanceNorm (``instance=True``), differentiable.
 
     The statistics used (float64 NumPy) are appended to ``stats`` (a list) for the

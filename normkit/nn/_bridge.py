@@ -12,40 +12,7 @@ from ..allocator import NUMPY_DTYPES
 from ..allocator import new_output as new_empty  # the output pool, huge pages for large fresh blocks
 from ..kernels.layout import ChannelView, channel_view
 
-__all__ = ["KernelFunction", "as_view", "new_empty", "new_like_view", "numpy_view", "param_grad"]
-
-# torch's per-call work in ``Function.apply`` that the kernels' functions do not need
-# (see KernelFunction); None where this torch build lacks the pieces the short path uses.
-_unwrap_if_dead = getattr(getattr(torch._C, "_functorch", None), "unwrap_if_dead", None)
-_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
-
-
-class KernelFunction(torch.autograd.Function):
-    """Base of normkit's ``autograd.Function`` classes on the kernels: the same
-    ``apply``, with less work per call.
-
-    ``torch.autograd.Function.apply`` inspects the class for ``setup_context``,
-    checks for functorch transforms and unwraps dead functorch wrappers (tensors
-    that outlived the transform that made them) with a generic pass over every
-    argument: about 6 µs a call on these machines, where the whole Python path of
-    a BatchNorm call is 50-90 µs (``docs/experiments/call_overhead.py``). These
-    classes define no ``setup_context`` (old-style ``forward(ctx, ...)``), so the
-    short path here calls the C++ ``apply`` directly after unwrapping only the
-    tensor arguments. Under a functorch transform (``torch.func.grad``, ``vmap``)
-    it defers to torch's ``apply``, which then refuses these functions as before.
-    """
-
-    @classmethod
-    def apply(cls, *args):  # type: ignore[override]
-        if _unwrap_if_dead is None or _transforms_active is None or _transforms_active():
-            return super().apply(*args)
-        unwrapped = [_unwrap_if_dead(a) if isinstance(a, torch.Tensor) else a for a in args]
-        return super(torch.autograd.Function, cls).apply(*unwrapped)
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        if "setup_context" in cls.__dict__:
-            raise TypeError(f"{cls.__name__}: KernelFunction's short apply assumes no setup_context")
+__all__ = ["as_view", "new_empty", "new_like_view", "numpy_view", "param_grad"]
 
 
 def numpy_view(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:

@@ -49,7 +49,7 @@ from .. import _checks, kernels
 from ..kernels.running import update_running_stats as fold_running_stats
 from ..running import commit_batch_stats, update_factor
 from . import _torch_impl
-from ._bridge import KernelFunction, as_view, new_like_view
+from ._bridge import as_view, new_like_view
 from .functional import check_input, uses_kernels
 
 __all__ = ["SyncBatchNormError", "merge_moments", "sync_batch_norm", "sync_group"]
@@ -243,7 +243,7 @@ class _RefuseDoubleBackward(torch.autograd.Function):
         )
 
 
-class _SyncBatchNormFunction(KernelFunction):
+class _SyncBatchNormFunction(torch.autograd.Function):
     """Training-mode batch norm over every rank of ``spec.group``. See the module docstring."""
 
     @staticmethod

@@ -23,7 +23,7 @@ from ..kernels import act as act_kernels
 from ..kernels import norm as norm_kernels
 from ..kernels.stream import streams
 from . import _torch_impl
-from ._bridge import KernelFunction, as_view, new_like_view, param_grad
+from ._bridge import as_view, new_like_view, param_grad
 from ._bridge import numpy_view as _np
 from .batchnorm import BatchNorm2d
 from .functional import _update, batch_count, batch_norm, check_input, uses_kernels
@@ -50,7 +50,7 @@ def _fusable(x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
     return N * L > 0 and norm_kernels.fusable(N, C, L, x.element_size(), any_size=True)
 
 
-class _KernelBatchNormAct(KernelFunction):
+class _KernelBatchNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, bias, running_mean, running_var, batch_stats, eps, act, stats):
         x3, view = as_view(x, 1)

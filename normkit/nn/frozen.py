@@ -31,7 +31,7 @@ from .. import _checks, kernels
 from . import _torch_impl
 from . import batchnorm as _bn
 from . import functional as F
-from ._bridge import KernelFunction, as_view, new_like_view, param_grad
+from ._bridge import as_view, new_like_view, param_grad
 from ._bridge import numpy_view as _np
 
 __all__ = [
@@ -47,7 +47,7 @@ def _kernel_forward(x, running_mean, running_var, weight, bias, eps):
     return y, rstd, view
 
 
-class KernelFrozenBatchNorm(KernelFunction):
+class KernelFrozenBatchNorm(torch.autograd.Function):
     """``y = weight * (x - running_mean) * rstd + bias`` with constant statistics, differentiable."""
 
     @staticmethod

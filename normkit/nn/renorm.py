@@ -43,7 +43,7 @@ from ..running import commit_batch_stats, update_factor
 from . import _torch_impl
 from . import batchnorm as _bn
 from . import functional as F
-from ._bridge import KernelFunction, as_view, new_like_view, param_grad
+from ._bridge import as_view, new_like_view, param_grad
 
 __all__ = [
     "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "KernelBatchRenorm", "batch_renorm", "renorm_limits",
@@ -148,7 +148,7 @@ def _kernel_forward(x, weight, bias, running_mean, running_var, rmax, dmax, eps)
     return y, mean, var, rstd, r, d, view
 
 
-class KernelBatchRenorm(KernelFunction):
+class KernelBatchRenorm(torch.autograd.Function):
     """Training-mode Batch Renormalization on the kernels, differentiable.
 
     ``r`` and ``d`` are computed inside (from the batch and the given running
