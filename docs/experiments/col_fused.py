@@ -8,7 +8,7 @@ cache budget. Usage: col_fused.py PxC [PxC ...]   (THREADS=n, CB=n to force a bl
 
 `col_fused.py parts PxC CB [CB ...]`: the two halves apart, best of 20 rounds: the sums
 over column blocks of CB columns, and the element pass over the same blocks, beside the
-current element pass (rows split between the threads)."""
+current sums (row tasks) and element pass (rows split between the threads)."""
 import os, sys, time
 import numpy as np
 import numba
@@ -106,7 +106,11 @@ def parts(spec, cbs):
     o = np.empty_like(x)
     v = np.ones(C, np.float32)
     _, _, cfg = norm._config(x, out=o)
-    print(f"{spec}: current element pass (rows split) {best(lambda: elementwise.affine_par(x, v, v, v, o, cfg[0], cfg[4], cfg[5])):.1f} us")
+    from normkit.kernels import reduce
+    sh = np.zeros(C)
+    t1, t2 = np.empty(C), np.empty(C)
+    print(f"{spec}: current sums (row tasks) {best(lambda: reduce.sums_par(x, x, sh, sh, t1, t2, *cfg[:4], True)):.1f} us, "
+          f"current element pass (rows split) {best(lambda: elementwise.affine_par(x, v, v, v, o, cfg[0], cfg[4], cfg[5])):.1f} us")
     for cb in cbs:
         print(f"{spec} cb={cb}: sums {best(lambda: sums_only(x, cb)):.1f} us, element pass {best(lambda: apply_only(x, o, cb, v, v, v)):.1f} us")
 
