@@ -222,10 +222,23 @@ def test_stream_map_rejects_mixed_dtypes_and_shapes():
         mixed(np.ones((2, 2)), np.ones((2, 2)))
 
 
-def test_span_covers_tasks_once():
+@njit
+def _span(w, workers, tasks):
+    return stream.span(w, workers, tasks)
+
+
+@njit
+def _span_unsigned(w, workers, tasks):
+    return stream.span(np.uint64(w), workers, tasks)  # a prange index's type
+
+
+@pytest.mark.parametrize("span", [_span, _span_unsigned])
+def test_span_covers_tasks_once(span):
     for tasks in (0, 1, 5, 64, 101):
         for workers in (1, 2, 3, 8):
-            covered = [t for w in range(workers) for t in range(*stream.span(w, workers, tasks))]
+            bounds = [span(w, workers, tasks) for w in range(workers)]
+            assert all(type(lo) is int and type(hi) is int for lo, hi in bounds)  # not float64
+            covered = [t for lo, hi in bounds for t in range(lo, hi)]
             assert covered == list(range(tasks))
 
 

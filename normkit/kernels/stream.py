@@ -50,6 +50,7 @@ import platform
 from typing import Optional
 
 import numba.np.ufunc.parallel
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -126,7 +127,11 @@ def workers(tasks):
 
 @helper
 def span(w, workers, tasks):
-    """Tasks ``[lo, hi)`` of worker ``w`` of ``workers``: contiguous, sizes differing by at most one."""
+    """Tasks ``[lo, hi)`` of worker ``w`` of ``workers``: contiguous, sizes differing by at most one.
+    Always ``int64``: a ``prange`` index is unsigned in the parallel flavour, and unsigned with
+    signed gives float64 in Numba's typing (then a float-to-int32 ``range``, and every callee
+    compiled a second time for the other index type)."""
+    w = np.int64(w)
     q = tasks // workers
     r = tasks % workers
     lo = w * q + min(w, r)
