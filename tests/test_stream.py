@@ -242,6 +242,13 @@ def test_span_covers_tasks_once(span):
             assert covered == list(range(tasks))
 
 
+def test_helpers_refuse_a_python_call():
+    # compiled without a Python entry point: a clear error, not a jump to nowhere
+    with pytest.raises(TypeError, match="normkit.kernels.stream.span is a kernel helper.*@njit"):
+        stream.span(0, 2, 10)
+    assert _span(0, 2, 10) == (0, 5)  # the same helper from jitted code
+
+
 def test_policy_bounds_and_switches(monkeypatch):
     monkeypatch.setattr(stream, "_X86", True)
     monkeypatch.setattr(stream, "_reused", False)

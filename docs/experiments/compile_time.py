@@ -5,10 +5,6 @@ os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp()
 import torch
 from numba.core import event as ev
 import normkit.nn as nkn
-recs = []
-class L(ev.Listener):
-    def on_start(self, event): pass
-    def on_end(self, event): pass
 rec = ev.RecordingListener()
 ev.register("numba:compile", rec)
 torch.set_num_threads(2)
@@ -16,11 +12,17 @@ bn = nkn.BatchNorm2d(32)
 xb = torch.randn(32, 32, 32, 32, requires_grad=True)
 import resource
 c0 = resource.getrusage(resource.RUSAGE_SELF); t = time.perf_counter(); bn(xb).sum().backward(); wall = time.perf_counter() - t; c1 = resource.getrusage(resource.RUSAGE_SELF); print("cpu %.2f s" % (c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime))
-starts = {}
-tot = {}
+tot = {}  # per function: time from the start to the end of its compilations (callees' included)
+own = {}  # the same less the callees' compilations that ran inside it
+stack = []
 for ts, e in rec.buffer:
     key = e.data["dispatcher"].py_func.__qualname__ if e.data and "dispatcher" in e.data else str(e.data)
-    if e.is_start: starts[id(e.data)] = ts
-    else: tot[key] = tot.get(key, 0) + ts - starts.get(id(e.data), ts)
+    if e.is_start: stack.append([ts, 0.0])
+    else:
+        t0, inner = stack.pop()
+        tot[key] = tot.get(key, 0) + ts - t0
+        own[key] = own.get(key, 0) + ts - t0 - inner
+        if stack: stack[-1][1] += ts - t0
 print("wall %.2f s" % wall)
-for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:12]: print("%.2f  %s" % (v, k))
+print("with callees, own: function (%d compiled)" % len(tot))
+for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:12]: print("%.2f  %.2f  %s" % (v, own[k], k))

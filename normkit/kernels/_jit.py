@@ -14,6 +14,15 @@
   division, which is what lets LLVM vectorise the per-channel coefficient loops
   (``docs/experiments/block_coefs.py``). Integer divisors are never zero here:
   sizes are checked at the public boundary.
+* :func:`helper` compiles functions that only other kernels call *without* the
+  CPython and C entry points Numba otherwise builds for every function: each is
+  a module of its own to optimise and emit, and for the first training step
+  through BatchNorm2d they were about a quarter of its cold-cache JIT time
+  (``docs/experiments/compile_time.py``). Calling such a helper from Python
+  raises :class:`TypeError` (there is nothing to call) instead of jumping to a
+  missing entry point. The kernels called from Python are compiled by
+  :func:`twin`, with a CPython entry point and without the C one (nothing takes
+  their addresses).
 * :func:`twin` compiles one source twice: with ``prange`` loops on Numba's
   thread pool, and as plain loops for inputs too small to repay a parallel launch.
 """
@@ -25,15 +34,32 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numba
 from numba import njit
+from numba.core.registry import CPUDispatcher
 
 __all__ = ["FASTMATH", "helper", "twin"]
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-_OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+_OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", no_cfunc_wrapper=True)
 
-#: Serial jitted functions: helpers called from kernels, and small entry points.
-helper = njit(**_OPTIONS)
+_internal = njit(no_cpython_wrapper=True, **_OPTIONS)
+
+
+class _HelperDispatcher(CPUDispatcher):
+    """A dispatcher whose compilations have no CPython entry point: callable from
+    jitted code only."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"{self.py_func.__module__}.{self.py_func.__qualname__} is a kernel helper, compiled to be "
+            "called from jitted code only (no Python entry point); call it from an @njit function")
+
+
+def helper(fn: Callable) -> Callable:
+    """Compile ``fn`` as a serial helper for other kernels: no CPython or C entry point."""
+    dispatcher = _internal(fn)
+    dispatcher.__class__ = _HelperDispatcher  # same layout: only the Python call differs
+    return dispatcher
 
 
 def twin(fn: Callable, par_globals: Optional[Dict[str, Any]] = None,
