@@ -16,9 +16,10 @@
   sizes are checked at the public boundary.
 * :func:`helper` compiles functions that only other kernels call *without* the
   CPython and C entry points Numba otherwise builds for every function: each is
-  a module of its own to optimise and emit, and for the first training step
-  through BatchNorm2d they were about a quarter of its cold-cache JIT time
-  (``docs/experiments/compile_time.py``). Calling such a helper from Python
+  a module of its own to optimise and emit. Dropping them, with one compilation
+  per index type (:func:`.stream.span`), took 13-27% off the first BatchNorm2d
+  training step's cold-cache JIT time (``docs/experiments/compile_time.py``,
+  BENCHMARKS.md). Calling such a helper from Python
   raises :class:`TypeError` (there is nothing to call) instead of jumping to a
   missing entry point. The kernels called from Python are compiled by
   :func:`twin`, with a CPython entry point and without the C one (nothing takes
