@@ -24,5 +24,7 @@ for ts, e in rec.buffer:
         own[key] = own.get(key, 0) + ts - t0 - inner
         if stack: stack[-1][1] += ts - t0
 print("wall %.2f s" % wall)
+ours = [e for _, e in rec.buffer if e.is_start and e.data["dispatcher"].py_func.__module__.startswith("normkit")]
+print("specialisations compiled in normkit's modules: %d" % len(ours))
 print("with callees, own: function (%d compiled)" % len(tot))
 for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:12]: print("%.2f  %.2f  %s" % (v, own[k], k))
