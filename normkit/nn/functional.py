@@ -34,6 +34,7 @@ from ._autograd import forward as kernel_forward
 __all__ = ["SMALL_INPUT", "batch_norm", "uses_kernels"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+_VECTOR_NAMES = ("weight", "bias", "running_mean", "running_var")  # check_input's order
 
 #: Inputs with at most this many elements run on PyTorch's own CPU kernel (see above).
 SMALL_INPUT = 1 << 16
@@ -49,7 +50,7 @@ def uses_kernels(input: torch.Tensor, weight: Optional[torch.Tensor] = None, bia
     dtype = input.dtype
     return (
         input.is_cpu
-        and (dtype is torch.float32 or dtype is torch.float64)
+        and dtype in _KERNEL_DTYPES
         and (weight is None or (weight.is_cpu and weight.dtype is dtype))
         and (bias is None or (bias.is_cpu and bias.dtype is dtype))
         and not _tracing()
@@ -75,13 +76,13 @@ def check_input(
         raise ValueError(f"{layer} expected an input of shape (N, C, ...), got {input.dim()}D input of shape {tuple(shape)}")
     C = shape[1]
     one = (C,)  # compared with torch.Size in one call per vector: this runs on every call
-    for p in (weight, bias, running_mean, running_var):
+    vectors = (weight, bias, running_mean, running_var)
+    for p in vectors:
         if p is not None and p.shape != one:
-            _explain_shapes(layer, shape, (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                                           ("running_var", running_var)))
+            _explain_shapes(layer, shape, tuple(zip(_VECTOR_NAMES, vectors)))
     dtype = input.dtype
-    if dtype is torch.float32 or dtype is torch.float64:
-        for name, p in (("weight", weight), ("bias", bias)):
+    if dtype in _KERNEL_DTYPES:
+        for name, p in zip(_VECTOR_NAMES[:2], vectors[:2]):
             if p is not None and p.dtype is not dtype:
                 raise TypeError(
                     f"{layer} expected {name} of the input's dtype {dtype}, got {p.dtype}; "

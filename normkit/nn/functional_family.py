@@ -25,11 +25,9 @@ from .. import _checks
 from ..running import update_running_stats
 from . import _torch_family as T
 from ._autograd_family import KernelGroupedNorm, KernelRowNorm, grouped_forward, rows_forward
-from .functional import uses_kernels
+from .functional import _KERNEL_DTYPES, uses_kernels
 
 __all__ = ["group_norm", "instance_norm", "layer_norm", "rms_norm", "rms_eps"]
-
-_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 ShapeLike = Union[int, Sequence[int], torch.Size]
 
