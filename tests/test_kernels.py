@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import numba
 
 import normkit.kernels.elementwise as elementwise
+import normkit.kernels.machine as machine
 import normkit.kernels.norm as norm
 import normkit.kernels.reduce as reduce
 import normkit.kernels.stream as stream
@@ -205,10 +206,39 @@ def test_short_blocks_where_runs_are_short():
     for P, C, L in ((32, 2048, 49), (32, 1024, 196), (1, 32 * 2048, 49)):
         cb = norm.short_block(P, C, L, 4, 256)
         assert 0 < cb and -(-C // cb) >= 2 * norm._num_threads() - 1
-    assert norm.short_block(32, 1024, 196, 4, norm.SHORT_FORWARD_RUN) == 0  # 14x14 forward: per channel
-    assert norm.short_block(32, 512, 784, 4, norm.SHORT_BACKWARD_RUN) == 0
+    intel_forward, intel_backward = norm.short_run_limits("GenuineIntel")
+    assert norm.short_block(32, 1024, 196, 4, intel_forward) == 0  # 14x14 forward: per channel
+    assert norm.short_block(32, 512, 784, 4, intel_backward) == 0
+    assert norm.short_block(32, 2048, 49, 4, intel_forward) > 0  # 7x7: blocks
     assert norm.short_block(8192, 64, 49, 4, 256) == 0  # one channel beyond the cache budget
     assert norm.SHORT_BACKWARD_MIN_ROWS > 1
+
+
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD", "", "SomethingElse"])
+def test_short_run_limits_by_vendor(vendor):
+    """AMD takes the blocked forms at every run length that fits the per-channel budget;
+    Intel and unmeasured processors only on short runs; this machine's limits are its
+    vendor's."""
+    forward, backward = norm.short_run_limits(vendor)
+    if vendor == "AuthenticAMD":
+        for P, C, L in ((32, 256, 784), (32, 1024, 196), (8, 64, 3136)):
+            assert norm.short_block(P, C, L, 4, forward) > 0
+            assert norm.short_block(P, C, L, 4, backward) > 0
+        assert norm.short_block(32, 64, 12544, 4, forward) == 0  # a channel beyond the budget: two-pass
+    else:
+        assert (forward, backward) == (64, 256)
+    assert (norm.SHORT_FORWARD_RUN, norm.SHORT_BACKWARD_RUN) == norm.short_run_limits(machine.VENDOR)
+
+
+def test_cpuinfo_field(tmp_path):
+    """The first ``name : value`` line's value; "" for a missing field or file."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
+                    "processor\t: 1\nvendor_id\t: GenuineIntel\n")
+    assert machine.cpuinfo_field("vendor_id", str(info)) == "AuthenticAMD"
+    assert machine.cpuinfo_field("model name", str(info)) == "AMD EPYC"
+    assert machine.cpuinfo_field("flags", str(info)) == ""
+    assert machine.cpuinfo_field("vendor_id", str(tmp_path / "missing")) == ""
 
 
 def test_shift_removes_cancellation():

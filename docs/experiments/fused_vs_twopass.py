@@ -1,8 +1,10 @@
-"""The per-channel fused kernels against the two-pass forms on the cache-sized NCHW shapes,
-two threads, writing into existing outputs: the training forward (fused: statistics, then
-the element pass per channel; two-pass: the moments over every channel, then one
-element pass in memory order), its element pass alone with given statistics, and the
-backward (fused per channel; two-pass: the paired sums, then dx). Median ms of
+"""The per-channel fused kernels against the two-pass forms and the blocked ("short-run")
+forms, on NCHW shapes whose channels fit the per-channel budget, two threads, writing
+into existing outputs: the training forward (fused: statistics, then the element pass
+per channel; two-pass: the moments over every channel, then one element pass in memory
+order; blocks: blocks of whole channels, their rows summed then written as segments,
+at any run length here), its element pass alone with given statistics, and the
+backward (fused per channel; two-pass: the paired sums, then dx; blocks). Median ms of
 alternating rounds. Usage: fused_vs_twopass.py [NxCxL ...]"""
 import sys
 import time
@@ -26,7 +28,8 @@ def tm(f, n=40):
     return np.median(ts) * 1e3
 
 
-shapes = [tuple(int(v) for v in a.split("x")) for a in sys.argv[1:]] or [(32, 256, 784), (32, 1024, 196), (8, 64, 3136)]
+shapes = [tuple(int(v) for v in a.split("x")) for a in sys.argv[1:]] or [
+    (32, 256, 784), (32, 1024, 196), (8, 64, 3136), (32, 512, 784), (32, 256, 3136), (8, 256, 784), (1, 8192, 784)]
 rng = np.random.default_rng(0)
 for shape in shapes:
     x = rng.standard_normal(shape, dtype=np.float32)
@@ -39,6 +42,7 @@ for shape in shapes:
     par, fused, cfg = norm._config(x, want_fused=True, out=out)
     nt = bool(cfg[5])
     fwd = norm._fused_forward[0]
+    cb = norm.short_block(*shape, 4, 1 << 40)
     forms = {
         "forward fused": lambda: fwd(x, None, w, b, 1e-5, out, True, norm._NO_STATS, norm._NO_STATS, nt),
         "forward two-pass": lambda: norm._forward_batch[0](x, w, b, 1e-5, out, cfg),
@@ -47,10 +51,13 @@ for shape in shapes:
         "backward fused": lambda: norm._fused_backward[0](dy, x, mu, rstd, w, True, out, True, nt),
         "backward two-pass": lambda: norm._backward[0](dy, x, mu, rstd, w, True, out, True, cfg),
     }
+    if cb:
+        forms["forward blocks"] = lambda: norm._block_forward[0](x, w, b, 1e-5, out, cb, nt)
+        forms["backward blocks"] = lambda: norm._block_backward[0](dy, x, mu, rstd, w, True, out, True, cb, nt)
     res = {k: [] for k in forms}
     for _ in range(3):
         for k, f in forms.items():
             res[k].append(tm(f))
-    print(f"{'x'.join(map(str, shape))} (fused chosen: {fused}, streaming stores: {nt})")
+    print(f"{'x'.join(map(str, shape))} (fused chosen: {fused}, streaming stores: {nt}, {cb} channels a block)")
     for k, v in res.items():
         print(f"  {k:22s} {np.median(v):7.3f} ms  ({min(v):.3f}-{max(v):.3f})", flush=True)

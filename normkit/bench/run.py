@@ -16,6 +16,7 @@ import torch
 
 import normkit
 
+from ..kernels.machine import cpuinfo_field
 from . import report
 from .allocation import allocation_study
 from .cases import TRAFFIC, Case, default_cases
@@ -36,14 +37,7 @@ def machine() -> Dict[str, Any]:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
 def _cores() -> int:

@@ -39,12 +39,13 @@ from .fused import (
     block_backward_par, block_backward_ser, block_forward_par, block_forward_ser, channel_backward_par,
     channel_backward_ser,
 )
+from .machine import VENDOR
 from .reduce import ROW_MIN, channel_shift, finish_moments, sums_par, sums_ser
 from .stream import streams
 
 __all__ = [
     "FUSE_MAX_CHANNEL_BYTES", "PARALLEL_MIN", "apply_coefficients", "apply_coefficients2", "backward",
-    "forward_batch", "forward_fixed", "grad_input", "grad_sums", "inv_std", "moments",
+    "forward_batch", "forward_fixed", "grad_input", "grad_sums", "inv_std", "moments", "short_run_limits",
 ]
 
 #: Inputs with fewer elements run single-threaded.
@@ -52,15 +53,38 @@ PARALLEL_MIN = 1 << 15
 #: Largest channel (bytes) processed by the per-channel fused passes (:mod:`.fused`):
 #: about half a core's L2 cache on current x86 server parts.
 FUSE_MAX_CHANNEL_BYTES = 1 << 20
-#: Longest runs for which the training forward and the backward take the short-run
-#: blocked forms (:func:`.fused.block_forward_par`, :func:`.fused.block_backward_par`:
-#: blocks of whole channels whose rows are walked as runs of segments). Measured
-#: (``docs/experiments/segment_forms.py``), against the per-channel forms: the
-#: forward is faster on 7x7 maps with several rows (up to 15%), level or slower on
-#: 14x14; the backward is faster on both (3.5-4.5x on 32x2048x7x7, 1.3x on
-#: 32x1024x14x14).
-SHORT_FORWARD_RUN = 64
-SHORT_BACKWARD_RUN = 256
+
+
+def short_run_limits(vendor: str) -> Tuple[int, int]:
+    """The longest runs ``L`` for which the training forward and the backward take the
+    blocked forms (:func:`.fused.block_forward_par`, :func:`.fused.block_backward_par`:
+    blocks of whole channels whose rows are walked as runs of segments) rather than
+    the per-channel ones, on a processor of ``vendor`` (:data:`.machine.VENDOR`).
+
+    * Intel, and processors not measured: forward up to 64 (7x7 maps), backward up
+      to 256. Measured on an Intel Xeon (``docs/experiments/segment_forms.py``):
+      the blocked forward up to 15% faster on 7x7 maps with several rows, level
+      or slower on 14x14; the blocked backward 3.5-4.5x faster on 32x2048x7x7 and
+      1.3x on 32x1024x14x14. The per-channel forward reached 1.23-1.31 of the
+      memory floor on 28x28 and 56x56 maps there.
+    * AMD: every length. Measured on an AMD EPYC, Zen 4
+      (``docs/experiments/fused_vs_twopass.py``): the per-channel forms write a
+      channel's runs one sample's stride apart, and with 32 runs per channel
+      they took 1.4-1.8x (forward) and 1.2-1.7x (backward) the blocked forms'
+      time on 14x14 to 56x56 maps. With 8 runs per channel the per-channel
+      forms were 4-10% faster; with one (InstanceNorm's view) the forward was
+      level, and the backward keeps its per-channel form (below).
+    """
+    if vendor == "AuthenticAMD":
+        return ANY_RUN, ANY_RUN
+    return 64, 256
+
+
+#: No limit on the run length (see :func:`short_run_limits`).
+ANY_RUN = 1 << 62
+#: Longest runs of the blocked training forward and backward on this machine
+#: (:func:`short_run_limits`; set them to override).
+SHORT_FORWARD_RUN, SHORT_BACKWARD_RUN = short_run_limits(VENDOR)
 #: Fewest rows ``P`` for the short-run backward: with one run per channel
 #: (InstanceNorm's view) the per-channel backward is level or faster.
 SHORT_BACKWARD_MIN_ROWS = 2

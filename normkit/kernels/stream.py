@@ -46,7 +46,6 @@ exact cancellation of large offsets that :mod:`.elementwise` relies on.
 from __future__ import annotations
 
 import os
-import platform
 from typing import Optional
 
 import numba.np.ufunc.parallel
@@ -58,6 +57,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from ._jit import helper
+from .machine import X86
 
 __all__ = [
     "LINE", "NT_MIN_RUN", "SEGMENT_VECTOR", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "fence", "reused_memory",
@@ -80,7 +80,7 @@ SEGMENT_VECTOR = 32
 #: blocks afresh on each allocation (its largest mmap threshold, on 64-bit).
 STREAM_MAX_BYTES = 32 << 20
 
-_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+_X86 = X86
 # The thread count as a call to the threading layer's symbol: numba.get_num_threads()
 # inside compiled code goes through a ctypes pointer, which Numba will not cache.
 _threads = getattr(numba.np.ufunc.parallel, "_iget_num_threads", None)
