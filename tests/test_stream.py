@@ -11,7 +11,6 @@ from numba import njit
 from numba.core.errors import TypingError
 
 import normkit.allocator as allocator
-import normkit.kernels.machine as machine
 import normkit.kernels.stream as stream
 import normkit.nn as nkn
 from normkit.kernels.stream import fence, segment_map, segment_sums, stream_map
@@ -269,16 +268,6 @@ def test_policy_bounds_and_switches(monkeypatch):
     assert stream.streams(lo)
     monkeypatch.setattr(stream, "_X86", False)  # other processors: never
     assert not stream.streams(lo) and stream.streaming() is False
-
-
-@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD", ""])
-def test_stream_min_bytes_by_vendor(vendor):
-    """AMD streams only outputs too large to share the L3 with their input; Intel and
-    unmeasured processors from 4 MiB; this machine's bound is its vendor's, under the
-    upper bound."""
-    expected = 24 << 20 if vendor == "AuthenticAMD" else 4 << 20
-    assert stream.stream_min_bytes(vendor) == expected < stream.STREAM_MAX_BYTES
-    assert stream.STREAM_MIN_BYTES == stream.stream_min_bytes(machine.VENDOR)
 
 
 def test_keep_freed_memory_lifts_the_upper_bound(monkeypatch):

@@ -57,15 +57,17 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from ._jit import helper
-from .machine import VENDOR, X86
+from .machine import X86
 
 __all__ = [
     "LINE", "NT_MIN_RUN", "SEGMENT_VECTOR", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "fence", "reused_memory",
-    "segment_map", "segment_sums", "span", "stream_map", "stream_min_bytes", "streaming", "streams", "workers",
+    "segment_map", "segment_sums", "span", "stream_map", "streaming", "streams", "workers",
 ]
 
 #: Bytes per cache line: the unit of one non-temporal vector store.
 LINE = 64
+#: Smallest output (bytes) written with streaming stores.
+STREAM_MIN_BYTES = 4 << 20
 #: Shortest contiguous run (bytes) written with streaming stores; shorter runs
 #: (small maps such as 7x7) take ordinary stores: their head and tail elements,
 #: written one by one around the aligned lines, cost more than the lines save.
@@ -78,28 +80,6 @@ SEGMENT_VECTOR = 32
 #: blocks afresh on each allocation (its largest mmap threshold, on 64-bit).
 STREAM_MAX_BYTES = 32 << 20
 
-
-
-def stream_min_bytes(vendor: str) -> int:
-    """The smallest output (bytes) written with streaming stores on a processor of
-    ``vendor`` (:data:`.machine.VENDOR`). A streaming store sends its line to memory
-    and leaves it out of the caches: a gain where the output would only evict the
-    input from the last-level cache, a loss where both fit in it.
-
-    * Intel, and processors not measured: 4 MiB, measured on an Intel Xeon
-      (``docs/experiments/streaming_stores.py`` and the layer benchmarks).
-    * AMD: 24 MiB. Measured on an AMD EPYC (Zen 4, 32 MiB L3;
-      ``docs/experiments/nt_threshold.py``), the element pass with streaming
-      stores took 1.5-2.2x the time of ordinary stores for outputs of 6.4 MB to
-      16 MB (NCHW and channels-last; one tie, 8192x512 into existing memory),
-      1.16x at 20.9 MB, and 0.92x at 25.7 MB.
-    """
-    return 24 << 20 if vendor == "AuthenticAMD" else 4 << 20
-
-
-#: Smallest output (bytes) written with streaming stores on this machine
-#: (:func:`stream_min_bytes`).
-STREAM_MIN_BYTES = stream_min_bytes(VENDOR)
 _X86 = X86
 # The thread count as a call to the threading layer's symbol: numba.get_num_threads()
 # inside compiled code goes through a ctypes pointer, which Numba will not cache.
