@@ -6,26 +6,22 @@ order; blocks: blocks of whole channels, their rows summed then written as segme
 at any run length here), its element pass alone with given statistics, and the
 backward (fused per channel; two-pass: the paired sums, then dx; blocks). Median ms of
 alternating rounds. Usage: fused_vs_twopass.py [NxCxL ...]"""
+import os
 import sys
-import time
 
 import numpy as np
 import torch
 
 from normkit.kernels import norm
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from median_time import median_time  # noqa: E402
+
 torch.set_num_threads(2)
 
 
-def tm(f, n=40):
-    for _ in range(5):
-        f()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return np.median(ts) * 1e3
+def tm(f):
+    return median_time(f, 40, 5) * 1e3
 
 
 shapes = [tuple(int(v) for v in a.split("x")) for a in sys.argv[1:]] or [

@@ -3,17 +3,25 @@ size: elementwise.affine_par with nt=0 and nt=1, into an existing output and int
 fresh one, beside torch's copy (existing, fresh). Two threads; three rounds of medians
 of 200 calls. Usage: nt_threshold.py PxCxL ... (e.g. 8x64x3136 4x256x3136 20x64x3136
 26x64x3136 32x256x784 25088x64x1 50176x64x1 16384x256x1 8192x512x1)"""
-import numpy as np, time, torch
-torch.set_num_threads(2)
-from normkit.kernels import norm, elementwise
-def t(f, n=200):
-    for _ in range(20): f()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
-    return np.median(ts) * 1e3
-rng = np.random.default_rng(0)
+import os
 import sys
+
+import numpy as np
+import torch
+
+from normkit.kernels import elementwise, norm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from median_time import median_time  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def t(f):
+    return median_time(f, 200, 20) * 1e3
+
+
+rng = np.random.default_rng(0)
 for shape in [tuple(int(v) for v in a.split("x")) for a in sys.argv[1:]]:
     x = rng.standard_normal(shape, dtype=np.float32); out = np.empty_like(x)
     C = shape[1]; m = np.zeros(C, np.float32); a = np.ones(C, np.float32); k = np.zeros(C, np.float32)

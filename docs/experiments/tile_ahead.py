@@ -8,7 +8,6 @@ tiles.LOCALITY are read when a caller is compiled). Median us of alternating rou
 Usage: [MOMENTS=1] [FORMS="R,A,H ..."] tile_ahead.py [PxC ...]"""
 import os
 import sys
-import time
 
 import numpy as np
 from numba import njit, prange
@@ -16,6 +15,9 @@ from numba import njit, prange
 from normkit.kernels import tiles
 from normkit.kernels.reduce import _sweep_rows, _sweep_rows_sq
 from normkit.kernels.tiles import TILE, tile_sums
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from median_time import median_time  # noqa: E402
 
 FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
 MOMENTS = bool(os.environ.get("MOMENTS"))
@@ -65,15 +67,8 @@ def make(R):
     return njit(parallel=True, fastmath=FM)(pairs)
 
 
-def tm(f, n=30):
-    for _ in range(3):
-        f()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return np.median(ts) * 1e6
+def tm(f):
+    return median_time(f, 30, 3) * 1e6
 
 
 shapes = [tuple(int(v) for v in a.split("x")) for a in sys.argv[1:]] or [(1024, 256), (8192, 512), (16384, 256),
@@ -103,8 +98,9 @@ for P, C in shapes:
         for key in res:
             s1, s2 = np.empty(C), np.empty(C)
             res[key].append(tm(lambda: forms[key](g, x, gs, xs, s1, s2)))
-    base = np.median(res["R=16 A=16 H=3"])
+    base_key = "R=16 A=16 H=3" if "R=16 A=16 H=3" in res else next(iter(res))
+    base = np.median(res[base_key])
     print(f"{P}x{C} ({P * C * 4 / 1e6:.1f} MB per operand), {'moments' if MOMENTS else 'paired sums'}; "
-          f"x = time of R=16 A=16 H=3 (the library's) / the form's")
+          f"x = time of {base_key} / the form's (R=16 A=16 H=3: the library's before b592908)")
     for key, v in res.items():
         print(f"  {key:16s} {np.median(v):9.0f} us  x{base / np.median(v):.2f}", flush=True)
