@@ -61,8 +61,8 @@ def short_run_limits(vendor: str) -> Tuple[int, int]:
     blocks of whole channels whose rows are walked as runs of segments) rather than
     the per-channel ones, on a processor of ``vendor`` (:data:`.machine.VENDOR`).
 
-    * Intel, and processors not measured: forward up to 64 (7x7 maps), backward up
-      to 256. Measured on an Intel Xeon (``docs/experiments/segment_forms.py``):
+    * Intel, and processors not measured: forward up to 64 (maps up to 8x8),
+      backward up to 256 (16x16). Measured on an Intel Xeon (``docs/experiments/segment_forms.py``):
       the blocked forward up to 15% faster on 7x7 maps with several rows, level
       or slower on 14x14; the blocked backward 3.5-4.5x faster on 32x2048x7x7 and
       1.3x on 32x1024x14x14. The per-channel forward reached 1.23-1.31 of the

@@ -11,10 +11,11 @@ vectorises the row loop with gathers, ``docs/experiments/col_tiles.py``), so
 :func:`tile_sums` writes it as IR. A tile walks down a block of rows and the next
 tile walks the same rows further right, an order the hardware's stream
 prefetcher does not follow on short rows, so each tile prefetches its own lines
-of the next block, into L2 (:data:`LOCALITY`). Measured against the two-rows sweep, two threads
-(``docs/experiments/col_tiles_sums.py``, an Intel Xeon): the forward moments and the backward's
-paired sums 1.1-1.7x faster, in cache and above it; without the prefetches the
-paired sums were 1.2-1.5x slower on rows of 256 float32 columns.
+of the next block, into L2 (:data:`LOCALITY`). Measured against the two-rows
+sweep, two threads (``docs/experiments/col_tiles_sums.py``, an Intel Xeon): the
+forward moments and the backward's paired sums 1.1-1.7x faster, in cache and
+above it; without the prefetches the paired sums were 1.2-1.5x slower on rows
+of 256 float32 columns.
 
 Same sums as the sweep, added in another order (down each column in blocks of
 rows), float64 throughout.
@@ -48,7 +49,7 @@ AHEAD = TILE_ROWS
 #: L1). A tile's rows lie a power-of-two row length apart on common channel counts, so
 #: they share a few L1 sets; prefetched into L1, the next block's lines evicted the
 #: block being summed. Measured on an AMD EPYC (Zen 4, 32 KiB 8-way L1) against
-#: hint 3 (``docs/experiments/tile_ahead.py``): the paired sums 1.6-2.5x faster on
+#: hint 3 (``docs/experiments/tile_ahead.py``): the paired sums 1.6-2.7x faster on
 #: 8192x512, 16384x256, 1568x2048 and 100352x256, the moments 1.0-1.3x.
 LOCALITY = 2
 
