@@ -53,6 +53,8 @@ PARALLEL_MIN = 1 << 15
 #: Largest channel (bytes) processed by the per-channel fused passes (:mod:`.fused`):
 #: about half a core's L2 cache on current x86 server parts.
 FUSE_MAX_CHANNEL_BYTES = 1 << 20
+#: No limit on the run length (see :func:`short_run_limits`).
+ANY_RUN = 1 << 62
 
 
 def short_run_limits(vendor: str) -> Tuple[int, int]:
@@ -62,11 +64,12 @@ def short_run_limits(vendor: str) -> Tuple[int, int]:
     the per-channel ones, on a processor of ``vendor`` (:data:`.machine.VENDOR`).
 
     * Intel, and processors not measured: forward up to 64 (maps up to 8x8),
-      backward up to 256 (16x16). Measured on an Intel Xeon (``docs/experiments/segment_forms.py``):
-      the blocked forward up to 15% faster on 7x7 maps with several rows, level
-      or slower on 14x14; the blocked backward 3.5-4.5x faster on 32x2048x7x7 and
-      1.3x on 32x1024x14x14. The per-channel forward reached 1.23-1.31 of the
-      memory floor on 28x28 and 56x56 maps there.
+      backward up to 256 (16x16). Measured on an Intel Xeon
+      (``docs/experiments/segment_forms.py``): the blocked forward up to 15%
+      faster on 7x7 maps with several rows, level or slower on 14x14; the
+      blocked backward 3.5-4.5x faster on 32x2048x7x7 and 1.3x on
+      32x1024x14x14. The per-channel forward reached 1.23-1.31 of the memory
+      floor on 28x28 and 56x56 maps there.
     * AMD: every length. Measured on an AMD EPYC, Zen 4
       (``docs/experiments/fused_vs_twopass.py``): the per-channel forms write a
       channel's runs one sample's stride apart, and with 32 runs per channel
@@ -80,8 +83,6 @@ def short_run_limits(vendor: str) -> Tuple[int, int]:
     return 64, 256
 
 
-#: No limit on the run length (see :func:`short_run_limits`).
-ANY_RUN = 1 << 62
 #: Longest runs of the blocked training forward and backward on this machine
 #: (:func:`short_run_limits`; set them to override).
 SHORT_FORWARD_RUN, SHORT_BACKWARD_RUN = short_run_limits(VENDOR)

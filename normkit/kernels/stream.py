@@ -57,7 +57,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from ._jit import helper
-from .machine import X86
+from .machine import X86 as _X86
 
 __all__ = [
     "LINE", "NT_MIN_RUN", "SEGMENT_VECTOR", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "fence", "reused_memory",
@@ -80,7 +80,6 @@ SEGMENT_VECTOR = 32
 #: blocks afresh on each allocation (its largest mmap threshold, on 64-bit).
 STREAM_MAX_BYTES = 32 << 20
 
-_X86 = X86
 # The thread count as a call to the threading layer's symbol: numba.get_num_threads()
 # inside compiled code goes through a ctypes pointer, which Numba will not cache.
 _threads = getattr(numba.np.ufunc.parallel, "_iget_num_threads", None)
