@@ -165,16 +165,19 @@ def test_reference_instance_norm_matches_torch(shape, use_input_stats):
 def patterns(fuse_max=None, chunk=None, par=False, task_elems=None, streamed=False):
     """Set the row kernels' thresholds, the parallel threshold, and whether every output
     is written with streaming stores, for one example (restored after)."""
-    saved = (rowwise.ROW_FUSE_MAX, rowwise.ROW_CHUNK, rowwise.TASK_ELEMS, norm.PARALLEL_MIN, stream.STREAM_MIN_BYTES)
+    saved = (rowwise.ROW_FUSE_MAX, rowwise.ROW_CHUNK, rowwise.TASK_ELEMS, norm.PARALLEL_MIN, stream.STREAM_MIN_BYTES,
+             stream.STREAM_MIN_GRAD_BYTES)
     rowwise.ROW_FUSE_MAX = saved[0] if fuse_max is None else fuse_max
     rowwise.ROW_CHUNK = saved[1] if chunk is None else chunk
     rowwise.TASK_ELEMS = saved[2] if task_elems is None else task_elems
     norm.PARALLEL_MIN = 0 if par else saved[3]
     stream.STREAM_MIN_BYTES = 0 if streamed else saved[4]
+    stream.STREAM_MIN_GRAD_BYTES = 0 if streamed else saved[5]
     try:
         yield
     finally:
-        rowwise.ROW_FUSE_MAX, rowwise.ROW_CHUNK, rowwise.TASK_ELEMS, norm.PARALLEL_MIN, stream.STREAM_MIN_BYTES = saved
+        (rowwise.ROW_FUSE_MAX, rowwise.ROW_CHUNK, rowwise.TASK_ELEMS, norm.PARALLEL_MIN, stream.STREAM_MIN_BYTES,
+         stream.STREAM_MIN_GRAD_BYTES) = saved
 
 
 def streamed(seed):

@@ -182,6 +182,7 @@ def test_split_work_agrees(monkeypatch, shape, parallel, streamed, fused, chunk)
     monkeypatch.setattr(norm, "SHORT_BACKWARD_MIN_ROWS", 1)
     monkeypatch.setattr(norm, "_num_threads", lambda: 1)  # fusion needs 2 channels per thread
     monkeypatch.setattr(stream, "STREAM_MIN_BYTES", 0 if streamed else 1 << 40)
+    monkeypatch.setattr(stream, "STREAM_MIN_GRAD_BYTES", 0 if streamed else 1 << 40)
     y, mean, var = batch_norm(x)
     dx, dw, db = batch_norm_backward(dy, x, mean, var)
     np.testing.assert_allclose(mean, mean_ref, rtol=1e-12)

@@ -11,6 +11,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 import normkit.allocator as allocator
+import normkit.kernels.machine as machine
 import normkit.kernels.stream as stream
 import normkit.nn as nkn
 from normkit.kernels.stream import fence, segment_map, segment_sums, stream_map
@@ -270,6 +271,29 @@ def test_policy_bounds_and_switches(monkeypatch):
     assert not stream.streams(lo) and stream.streaming() is False
 
 
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD", ""])
+def test_stream_min_bytes_by_vendor(vendor):
+    """AMD streams forward outputs from 8 MiB (its 6.4 MB outputs were faster with
+    ordinary stores) and gradients from 4 MiB; Intel and unmeasured processors both
+    from 4 MiB. This machine's bounds are its vendor's, below the upper bound, and
+    streams() applies the one of the output's kind."""
+    forward, gradient = stream.stream_min_bytes(vendor)
+    assert forward == (8 << 20 if vendor == "AuthenticAMD" else 4 << 20) < stream.STREAM_MAX_BYTES
+    assert gradient == 4 << 20
+    assert (stream.STREAM_MIN_BYTES, stream.STREAM_MIN_GRAD_BYTES) == stream.stream_min_bytes(machine.VENDOR)
+
+
+def test_streams_applies_the_threshold_of_the_outputs_kind(monkeypatch):
+    monkeypatch.setattr(stream, "_X86", True)
+    monkeypatch.setattr(stream, "_reused", False)
+    monkeypatch.setattr(stream, "STREAM_MIN_BYTES", 8 << 20)
+    monkeypatch.setattr(stream, "STREAM_MIN_GRAD_BYTES", 4 << 20)
+    size = 6 << 20
+    assert not stream.streams(size) and stream.streams(size, gradient=True)
+    assert stream.streams(8 << 20) and stream.streams(8 << 20, gradient=True)
+    assert not stream.streams((4 << 20) - 1, gradient=True)
+
+
 def test_keep_freed_memory_lifts_the_upper_bound(monkeypatch):
     monkeypatch.setattr(stream, "_reused", False)
     if not allocator.keep_freed_memory(True):
@@ -293,6 +317,7 @@ def test_layers_with_streaming_stores_match_torch(monkeypatch, layer, shape, cha
     """Every output of a training step and of inference written with streaming stores
     (runs of at least NT_MIN_RUN bytes; shorter ones take ordinary stores)."""
     monkeypatch.setattr(stream, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(stream, "STREAM_MIN_GRAD_BYTES", 0)
     torch.manual_seed(0)
     C = shape[1] if layer != "ln" else shape[-1]
     if layer == "bn":
@@ -327,6 +352,7 @@ def test_layers_with_streaming_stores_match_torch(monkeypatch, layer, shape, cha
 def test_batchnorm_act_with_streaming_stores_matches_torch(monkeypatch, act, residual):
     """BatchNormAct2d's ReLU and identity forms write through stream_map."""
     monkeypatch.setattr(stream, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(stream, "STREAM_MIN_GRAD_BYTES", 0)
     torch.manual_seed(3)
     ours, ref = nkn.BatchNormAct2d(16, act=act), torch.nn.BatchNorm2d(16)
     x = torch.randn(6, 16, 9, 7) * 2 + 1

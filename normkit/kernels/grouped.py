@@ -242,7 +242,7 @@ def group_backward(
         run = fused.group_backward_par if x.size >= norm.PARALLEL_MIN else fused.group_backward_ser
         s1 = np.empty((N, C))
         s2r = np.empty((N, C))  # rstd * s2
-        run(dy, x, G, mean.reshape(-1), rstd.reshape(-1), _vec(weight), dx, s1, s2r, streams(dx.nbytes))
+        run(dy, x, G, mean.reshape(-1), rstd.reshape(-1), _vec(weight), dx, s1, s2r, streams(dx.nbytes, gradient=True))
         return s2r.sum(axis=0), s1.sum(axis=0)
     mean_c = np.repeat(mean, Cg, axis=1)
     rstd_c = np.repeat(rstd, Cg, axis=1)

@@ -131,14 +131,15 @@ def short_block(P: int, C: int, L: int, itemsize: int, longest: int) -> int:
     return -(-per_task // unit) * unit
 
 
-def _config(x: np.ndarray, want_fused: bool = False, out: Optional[np.ndarray] = None):
+def _config(x: np.ndarray, want_fused: bool = False, out: Optional[np.ndarray] = None, gradient: bool = False):
     """(parallel?, fused?, the tuning tuple the compiled code reads); ``fused`` is only
     worked out when the caller has a fused kernel (``want_fused``). The tuple's last
-    entry is 1 where ``out`` is written with streaming stores (:mod:`.stream`)."""
+    entry is 1 where ``out`` (an input gradient if ``gradient``) is written with
+    streaming stores (:func:`.stream.streams`)."""
     P, C, L = x.shape
     par = x.size >= PARALLEL_MIN
     fused = want_fused and fusable(P, C, L, x.itemsize)
-    nt = int(out is not None and streams(out.nbytes))
+    nt = int(out is not None and streams(out.nbytes, gradient))
     cfg = (reduce.CHUNK, reduce.COL_BLOCK, reduce.COL_TASK_ELEMS, reduce.COL_TASKS_MAX, elementwise.ROW_BLOCK_ELEMS, nt)
     return par, fused, cfg
 
@@ -293,7 +294,7 @@ def backward(
 
     ``dweight = rstd * s2``, ``dbias = s1``. ``mean``/``rstd`` are float64 ``(C,)``.
     """
-    par, fused, cfg = _config(x, want_fused=True, out=dx)
+    par, fused, cfg = _config(x, want_fused=True, out=dx, gradient=True)
     need_dx = dx is not None
     nt = bool(cfg[5])
     target = dx if need_dx else np.empty((0, 0, 0), x.dtype)
@@ -330,7 +331,7 @@ def grad_input(
     :func:`grad_sums` over ``n`` values per channel (possibly more than this
     view holds: the global batch of SyncBatchNorm).
     """
-    par, _, cfg = _config(x, out=dx)
+    par, _, cfg = _config(x, out=dx, gradient=True)
     _pick(_grad_input, par)(dy, x, mean, rstd, weight, sum_dy, sum_dy_xmu, float(n), True, dx, cfg)
     return dx
 
@@ -351,7 +352,7 @@ def apply_coefficients2(
     dy: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray, m: np.ndarray, k: np.ndarray, out: np.ndarray
 ) -> np.ndarray:
     """``out = a[c] * dy + b[c] * (x - m[c]) + k[c]`` (vectors in ``x``'s dtype): the backward's element pass."""
-    par, _, cfg = _config(x, out=out)
+    par, _, cfg = _config(x, out=out, gradient=True)
     a, b, m, k = (np.ascontiguousarray(v) for v in (a, b, m, k))
     _pick((affine2_par, affine2_ser), par)(dy, x, a, b, m, k, out, cfg[0], cfg[4], cfg[5])
     return out

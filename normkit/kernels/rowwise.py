@@ -315,7 +315,7 @@ def row_backward(
     coef = np.empty((4, R), dtype)
     par = x.size >= norm.PARALLEL_MIN
     center = bool(center)
-    nt = streams(dx.nbytes)
+    nt = streams(dx.nbytes, gradient=True)
     if D <= ROW_FUSE_MAX:
         fn = _backward_fused_par if par else _backward_fused_ser
         fn(dy, x, w, mean, rstd, center, dx, need_dx, backward_tasks(R, D), coef, dw, db, nt)

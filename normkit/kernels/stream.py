@@ -46,7 +46,7 @@ exact cancellation of large offsets that :mod:`.elementwise` relies on.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import numba.np.ufunc.parallel
 import numpy as np
@@ -57,17 +57,16 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from ._jit import helper
+from .machine import VENDOR
 from .machine import X86 as _X86
 
 __all__ = [
-    "LINE", "NT_MIN_RUN", "SEGMENT_VECTOR", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "fence", "reused_memory",
-    "segment_map", "segment_sums", "span", "stream_map", "streaming", "streams", "workers",
+    "LINE", "NT_MIN_RUN", "SEGMENT_VECTOR", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "STREAM_MIN_GRAD_BYTES", "fence", "reused_memory",
+    "segment_map", "segment_sums", "span", "stream_map", "stream_min_bytes", "streaming", "streams", "workers",
 ]
 
 #: Bytes per cache line: the unit of one non-temporal vector store.
 LINE = 64
-#: Smallest output (bytes) written with streaming stores.
-STREAM_MIN_BYTES = 4 << 20
 #: Shortest contiguous run (bytes) written with streaming stores; shorter runs
 #: (small maps such as 7x7) take ordinary stores: their head and tail elements,
 #: written one by one around the aligned lines, cost more than the lines save.
@@ -79,6 +78,36 @@ SEGMENT_VECTOR = 32
 #: Largest output (bytes) written with streaming stores while glibc maps large
 #: blocks afresh on each allocation (its largest mmap threshold, on 64-bit).
 STREAM_MAX_BYTES = 32 << 20
+
+
+def stream_min_bytes(vendor: str) -> Tuple[int, int]:
+    """The smallest outputs (bytes) written with streaming stores on a processor of
+    ``vendor`` (:data:`.machine.VENDOR`): ``(forward outputs, gradients)``. A
+    streaming store sends its line to memory and leaves it out of the caches: a
+    gain where the output would only evict the input from the last-level cache, a
+    loss where both sit easily in it.
+
+    * Intel, and processors not measured: 4 MiB for both, measured on an Intel Xeon
+      (``docs/experiments/streaming_stores.py`` and the layer benchmarks).
+    * AMD: 8 MiB for forward outputs, 4 MiB for gradients. Measured on an AMD EPYC
+      (Zen 4, 32 MiB L3; BENCHMARKS.md): the 6.4 MB outputs of a 8x64x56x56
+      BatchNorm2d were written faster with ordinary stores, its training forward
+      kernel up to 1.6x and its eval kernel 1.5-3x in the layer benchmark, the
+      layers 1.07-2.2x (``docs/experiments/nt_layer.py``). With ordinary stores
+      for the backward's 6.4 MB ``dx`` too, the forward+backward was slower in
+      five of six rounds, so gradients keep 4 MiB. From 12.8 MB up streaming
+      stores won in the layer benchmark (the hot loops of
+      ``docs/experiments/nt_threshold.py``, which keep the input in the L3
+      between calls, favoured ordinary stores up to 16 MB: they mislead).
+    """
+    if vendor == "AuthenticAMD":
+        return 8 << 20, 4 << 20
+    return 4 << 20, 4 << 20
+
+
+#: Smallest forward output and smallest gradient (bytes) written with streaming stores
+#: on this machine (:func:`stream_min_bytes`).
+STREAM_MIN_BYTES, STREAM_MIN_GRAD_BYTES = stream_min_bytes(VENDOR)
 
 # The thread count as a call to the threading layer's symbol: numba.get_num_threads()
 # inside compiled code goes through a ctypes pointer, which Numba will not cache.
@@ -113,9 +142,11 @@ def reused_memory(reused: bool) -> None:
     _reused = bool(reused)
 
 
-def streams(nbytes: int) -> bool:
-    """Whether an output of ``nbytes`` is written with streaming stores."""
-    return _enabled and _X86 and STREAM_MIN_BYTES <= nbytes and (_reused or nbytes <= STREAM_MAX_BYTES)
+def streams(nbytes: int, gradient: bool = False) -> bool:
+    """Whether an output of ``nbytes`` is written with streaming stores: a forward
+    pass's output, or with ``gradient`` a backward pass's input gradient."""
+    low = STREAM_MIN_GRAD_BYTES if gradient else STREAM_MIN_BYTES
+    return _enabled and _X86 and low <= nbytes and (_reused or nbytes <= STREAM_MAX_BYTES)
 
 
 @helper
