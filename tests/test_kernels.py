@@ -322,6 +322,35 @@ def test_empty_batch():
     assert dx.shape == x.shape and (dw == 0).all() and (db == 0).all()
 
 
+@given(shape=st.lists(st.integers(1, 40), min_size=2, max_size=4), offset=st.integers(0, 15),
+       dtype=st.sampled_from([np.float32, np.float64]), channels_last=st.booleans())
+def test_outputs_start_on_a_cache_line(shape, offset, dtype, channels_last):
+    """The NumPy front end's outputs start on a 64-byte line wherever the input lies (NumPy's
+    own allocations start 16 bytes past one; streamed passes are slower there), and keep
+    the input's layout."""
+    shape[0] = max(2, shape[0])
+    raw = np.random.default_rng(0).standard_normal(int(np.prod(shape)) + offset).astype(dtype)
+    x = raw[offset:].reshape(shape)
+    if channels_last and len(shape) > 2:
+        x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+    y, mean, var = batch_norm(x)
+    dx, _, _ = batch_norm_backward(np.ones_like(x), x, mean, var)
+    for out in (y, dx):
+        assert out.ctypes.data % stream.LINE == 0
+        wide = [d for d in range(x.ndim) if x.shape[d] > 1]  # the input's layout (size-1 dims aside)
+        assert sorted(wide, key=lambda d: out.strides[d]) == sorted(wide, key=lambda d: x.strides[d])
+    np.testing.assert_allclose(y, ref.batch_norm(x.astype(np.float64))[0], atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("shape,dtype", [((3, 5), np.float32), ((2, 3, 4), np.float64), ((0, 7), np.float32)])
+def test_aligned_empty(shape, dtype):
+    a = stream.aligned_empty(shape, dtype)
+    assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+    assert a.size == 0 or a.ctypes.data % stream.LINE == 0
+    a[...] = 1  # the whole array is writable memory of its own
+    assert a.sum() == np.prod(shape)
+
+
 @pytest.mark.parametrize("shape", [(4, 3, 20), (50, 6, 1), (2, 5, 3)])
 def test_split_backward_entry_points_match_reference(shape):
     """moments, grad_sums and grad_input (SyncBatchNorm's pieces) against the oracle."""

@@ -15,6 +15,7 @@ import numpy as np
 from .. import _checks
 from ..kernels import backward, channel_view, forward_batch, forward_fixed, inv_std
 from ..kernels.layout import ChannelView
+from ..kernels.stream import aligned_empty
 
 __all__ = ["BatchNormResult", "batch_norm", "batch_norm_backward"]
 
@@ -55,8 +56,9 @@ def _view(a: np.ndarray, axis: int, dtype: np.dtype, perm_of: Optional[ChannelVi
 
 
 def _empty_like_view(shape: Tuple[int, ...], view: ChannelView, dtype: np.dtype):
-    """A new array of ``shape`` laid out like ``view``, and its ``(P, C, L)`` view."""
-    out3 = np.empty(view.shape, dtype=dtype)
+    """A new array of ``shape`` laid out like ``view``, and its ``(P, C, L)`` view, starting
+    on a cache line (streamed faster than NumPy's own allocation)."""
+    out3 = aligned_empty(view.shape, dtype)
     if view.perm is None:
         return out3.reshape(shape), out3
     moved_shape = [shape[a] for a in view.perm]
