@@ -61,8 +61,9 @@ from .machine import VENDOR
 from .machine import X86 as _X86
 
 __all__ = [
-    "LINE", "NT_MIN_RUN", "SEGMENT_VECTOR", "aligned_empty", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "STREAM_MIN_GRAD_BYTES", "fence", "reused_memory",
-    "segment_map", "segment_sums", "span", "stream_map", "stream_min_bytes", "streaming", "streams", "workers",
+    "LINE", "NT_MIN_RUN", "SEGMENT_VECTOR", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "STREAM_MIN_GRAD_BYTES",
+    "aligned_empty", "fence", "reused_memory", "segment_map", "segment_sums", "span", "stream_map", "stream_min_bytes",
+    "streaming", "streams", "workers",
 ]
 
 #: Bytes per cache line: the unit of one non-temporal vector store.
