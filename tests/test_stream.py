@@ -2,6 +2,9 @@
 NumPy, the policy that decides which outputs stream, and whole layers written
 with streaming stores against torch.nn."""
 
+import mmap
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -292,6 +295,42 @@ def test_streams_applies_the_threshold_of_the_outputs_kind(monkeypatch):
     assert not stream.streams(size) and stream.streams(size, gradient=True)
     assert stream.streams(8 << 20) and stream.streams(8 << 20, gradient=True)
     assert not stream.streams((4 << 20) - 1, gradient=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore is Linux's")
+def test_resident_tells_fresh_pages_from_written_ones():
+    size = 16 << 20
+    with mmap.mmap(-1, size) as fresh:  # anonymous, untouched: nothing mapped yet
+        arr = np.frombuffer(fresh, np.uint8)
+        address = arr.ctypes.data
+        assert not stream.resident(address, size)
+        arr[:4096] = 1  # the first page only
+        assert not stream.resident(address, size)
+        arr[-1] = 1
+        assert stream.resident(address, size)
+        assert not stream.resident(address, 0)
+        del arr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore is Linux's")
+def test_streams_above_the_upper_bound_only_into_memory_in_use(monkeypatch):
+    """Above STREAM_MAX_BYTES: ordinary stores into fresh pages (zeroed through the cache
+    on first touch), streaming ones into memory written before or kept for reuse."""
+    monkeypatch.setattr(stream, "_X86", True)
+    monkeypatch.setattr(stream, "_reused", False)
+    size = stream.STREAM_MAX_BYTES + (1 << 20)
+    with mmap.mmap(-1, size) as fresh:
+        out = np.frombuffer(fresh, np.uint8)
+        assert not stream.streams(size, out=out) and not stream.streams(size, gradient=True, out=out)
+        out[:] = 0
+        assert stream.streams(size, out=out) and stream.streams(size, gradient=True, out=out)
+        assert not stream.streams(size)  # no array: the size rule alone
+        stream.reused_memory(True)
+        try:
+            assert stream.streams(size)
+        finally:
+            stream.reused_memory(False)
+        del out
 
 
 def test_keep_freed_memory_lifts_the_upper_bound(monkeypatch):

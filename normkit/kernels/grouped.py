@@ -193,7 +193,7 @@ def group_forward(
     Cg = C // G
     if _fused_groups(x, N, G, Cg, L, channels_last):
         run = fused.group_forward_par if x.size >= norm.PARALLEL_MIN else fused.group_forward_ser
-        mean, var, rstd = run(x, G, _vec(weight), _vec(bias), float(eps), out, streams(out.nbytes))
+        mean, var, rstd = run(x, G, _vec(weight), _vec(bias), float(eps), out, streams(out.nbytes, out=out))
         return mean.reshape(N, G), var.reshape(N, G), rstd.reshape(N, G)
     if not channels_last:
         mean, var = norm.moments(x.reshape(1, N * G, Cg * L))
@@ -242,7 +242,8 @@ def group_backward(
         run = fused.group_backward_par if x.size >= norm.PARALLEL_MIN else fused.group_backward_ser
         s1 = np.empty((N, C))
         s2r = np.empty((N, C))  # rstd * s2
-        run(dy, x, G, mean.reshape(-1), rstd.reshape(-1), _vec(weight), dx, s1, s2r, streams(dx.nbytes, gradient=True))
+        nt = streams(dx.nbytes, gradient=True, out=dx)
+        run(dy, x, G, mean.reshape(-1), rstd.reshape(-1), _vec(weight), dx, s1, s2r, nt)
         return s2r.sum(axis=0), s1.sum(axis=0)
     mean_c = np.repeat(mean, Cg, axis=1)
     rstd_c = np.repeat(rstd, Cg, axis=1)

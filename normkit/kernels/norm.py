@@ -139,7 +139,7 @@ def _config(x: np.ndarray, want_fused: bool = False, out: Optional[np.ndarray] =
     P, C, L = x.shape
     par = x.size >= PARALLEL_MIN
     fused = want_fused and fusable(P, C, L, x.itemsize)
-    nt = int(out is not None and streams(out.nbytes, gradient))
+    nt = int(out is not None and streams(out.nbytes, gradient, out))
     cfg = (reduce.CHUNK, reduce.COL_BLOCK, reduce.COL_TASK_ELEMS, reduce.COL_TASKS_MAX, elementwise.ROW_BLOCK_ELEMS, nt)
     return par, fused, cfg
 

@@ -276,14 +276,14 @@ def row_forward(
         mean = np.empty(R)
         var = np.empty(R)
         fn = _forward_fused_par if par else _forward_fused_ser
-        fn(x, w, b, eps, center, out, mean, var, rstd, coef, streams(out.nbytes))
+        fn(x, w, b, eps, center, out, mean, var, rstd, coef, streams(out.nbytes, out=out))
         return mean, var, rstd
     mean, var = norm.moments(x.reshape(1, R, D))
     if not center:  # mean square = var + mean^2 (a sum of two non-negative terms: no cancellation)
         var = var + mean * mean
         mean = np.zeros(R)
     fn = _apply_chunked_par if par else _apply_chunked_ser
-    fn(x, w, b, eps, mean, var, rstd, coef, out, ROW_CHUNK, streams(out.nbytes))
+    fn(x, w, b, eps, mean, var, rstd, coef, out, ROW_CHUNK, streams(out.nbytes, out=out))
     return mean, var, rstd
 
 
@@ -315,7 +315,7 @@ def row_backward(
     coef = np.empty((4, R), dtype)
     par = x.size >= norm.PARALLEL_MIN
     center = bool(center)
-    nt = streams(dx.nbytes, gradient=True)
+    nt = streams(dx.nbytes, gradient=True, out=dx)
     if D <= ROW_FUSE_MAX:
         fn = _backward_fused_par if par else _backward_fused_ser
         fn(dy, x, w, mean, rstd, center, dx, need_dx, backward_tasks(R, D), coef, dw, db, nt)

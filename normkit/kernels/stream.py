@@ -18,7 +18,10 @@ line costs more than an ordinary one (measured: 11-18% slower on 103-134 MB). gl
 maps every block above 32 MiB afresh on each allocation, so outputs above
 :data:`STREAM_MAX_BYTES` use ordinary stores -- unless freed memory is kept for
 reuse (:func:`normkit.allocator.keep_freed_memory`, or ``MALLOC_MMAP_MAX_=0`` in
-the environment), where streaming them is 14-26% faster.
+the environment), where streaming them is 14-26% faster, or the output's memory
+is already in use (:func:`resident`: its first and last pages are mapped, as
+for an output written before, or one from another allocator that keeps its
+memory).
 :func:`streaming` turns the streaming stores off (or on again) for the whole
 process.
 
@@ -45,7 +48,9 @@ exact cancellation of large offsets that :mod:`.elementwise` relies on.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from typing import Optional, Tuple
 
 import numba.np.ufunc.parallel
@@ -62,8 +67,8 @@ from .machine import X86 as _X86
 
 __all__ = [
     "LINE", "NT_MIN_RUN", "SEGMENT_VECTOR", "STREAM_MAX_BYTES", "STREAM_MIN_BYTES", "STREAM_MIN_GRAD_BYTES",
-    "aligned_empty", "fence", "reused_memory", "segment_map", "segment_sums", "span", "stream_map", "stream_min_bytes",
-    "streaming", "streams", "workers",
+    "aligned_empty", "fence", "resident", "reused_memory", "segment_map", "segment_sums", "span", "stream_map",
+    "stream_min_bytes", "streaming", "streams", "workers",
 ]
 
 #: Bytes per cache line: the unit of one non-temporal vector store.
@@ -159,11 +164,47 @@ def reused_memory(reused: bool) -> None:
     _reused = bool(reused)
 
 
-def streams(nbytes: int, gradient: bool = False) -> bool:
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_mincore = None
+
+
+def _mincore_fn():
+    global _mincore
+    if _mincore is None:
+        fn = None
+        if sys.platform.startswith("linux"):
+            fn = getattr(ctypes.CDLL(None), "mincore", None)  # the C library's, already loaded
+            if fn is not None:
+                fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte))
+                fn.restype = ctypes.c_int
+        _mincore = fn or False
+    return _mincore
+
+
+def resident(address: int, nbytes: int) -> bool:
+    """Whether the first and the last page of ``[address, address + nbytes)`` are in
+    memory (Linux ``mincore``): memory that was written before, not pages fresh from
+    the operating system, which it zeroes on first touch. False where that cannot be
+    told (no ``mincore``, an empty range, an address it refuses)."""
+    fn = _mincore_fn()
+    if not fn or nbytes <= 0:
+        return False
+    flag = (ctypes.c_ubyte * 1)()
+    for byte in (address, address + nbytes - 1):
+        if fn(byte - byte % _PAGE, _PAGE, flag) != 0 or not flag[0] & 1:
+            return False
+    return True
+
+
+def streams(nbytes: int, gradient: bool = False, out: Optional[np.ndarray] = None) -> bool:
     """Whether an output of ``nbytes`` is written with streaming stores: a forward
-    pass's output, or with ``gradient`` a backward pass's input gradient."""
+    pass's output, or with ``gradient`` a backward pass's input gradient. Above
+    :data:`STREAM_MAX_BYTES` only where freed memory is kept (:func:`reused_memory`)
+    or ``out``, the output array, lies in memory already in use (:func:`resident`)."""
     low = STREAM_MIN_GRAD_BYTES if gradient else STREAM_MIN_BYTES
-    return _enabled and _X86 and low <= nbytes and (_reused or nbytes <= STREAM_MAX_BYTES)
+    if not (_enabled and _X86 and low <= nbytes):
+        return False
+    return nbytes <= STREAM_MAX_BYTES or _reused or (out is not None and resident(out.ctypes.data, nbytes))
 
 
 @helper

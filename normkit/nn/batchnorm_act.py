@@ -61,7 +61,7 @@ class _KernelBatchNormAct(torch.autograd.Function):
         dummy = np.empty(0)
         mean, var, rstd = run(x3, z3, _np(weight), _np(bias), float(eps), y3, batch_stats,
                               dummy if batch_stats else _np(running_mean), dummy if batch_stats else _np(running_var),
-                              streams(y3.nbytes))
+                              streams(y3.nbytes, out=y3))
         stats += (mean, var)
         ctx.save_for_backward(x, residual, weight, bias, torch.from_numpy(mean), torch.from_numpy(rstd))
         ctx.meta = (view, act, batch_stats, eps)
