@@ -51,9 +51,7 @@ made by ``torch.from_numpy``).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import math
-import sys
 import threading
 import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -62,6 +60,7 @@ import numpy as np
 import torch
 
 from .kernels import stream
+from .kernels.machine import libc_function
 
 __all__ = [
     "HUGE_PAGE_MIN", "POOL_BLOCK_MAX", "POOL_MAX", "POOL_MIN", "advise_huge_pages", "huge_pages", "keep_freed_memory", "new_output",
@@ -79,7 +78,6 @@ POOL_BLOCK_MAX = 32 << 20
 #: Most bytes the output pool holds, blocks in use included.
 POOL_MAX = 256 << 20
 _MADV_HUGEPAGE = 14  # Linux
-_PAGE = 4096
 _HUGE = 2 << 20
 
 _M_TRIM_THRESHOLD = -1
@@ -88,28 +86,11 @@ _DEFAULT_MMAP_MAX = 65536
 _DEFAULT_TRIM = 128 * 1024
 
 
-def _libc():
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    lib = ctypes.CDLL(name)
-    return lib if hasattr(lib, "mallopt") else None
-
-
-_madvise = None
 _huge_enabled = True
 
 
 def _madvise_fn():
-    global _madvise
-    if _madvise is None:
-        lib = _libc() if sys.platform.startswith("linux") else None
-        fn = getattr(lib, "madvise", None) if lib is not None else None
-        if fn is not None:
-            fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-            fn.restype = ctypes.c_int
-        _madvise = fn or False
-    return _madvise
+    return libc_function("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int))
 
 
 def huge_pages(enable: bool = True) -> bool:
@@ -149,11 +130,11 @@ def keep_freed_memory(enable: bool = True) -> bool:
     (macOS, Windows, musl). With freed memory kept, normkit also writes outputs
     above 32 MiB with streaming stores (:mod:`normkit.kernels.stream`).
     """
-    lib = _libc()
-    if lib is None:
+    mallopt = libc_function("mallopt", (ctypes.c_int, ctypes.c_int))
+    if mallopt is None:
         return False
     mmap_max, trim = (0, 2**31 - 1) if enable else (_DEFAULT_MMAP_MAX, _DEFAULT_TRIM)
-    done = bool(lib.mallopt(_M_MMAP_MAX, mmap_max)) and bool(lib.mallopt(_M_TRIM_THRESHOLD, trim))
+    done = bool(mallopt(_M_MMAP_MAX, mmap_max)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
     if done:  # reused blocks are not freshly zeroed: large outputs gain from streaming stores
         stream.reused_memory(enable)
     return done

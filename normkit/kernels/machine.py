@@ -2,14 +2,20 @@
 
 Read once at import: the instruction set family (streaming stores exist on x86
 only) and the vendor, which picks between kernel forms whose speed was measured
-to differ between processor makers (:func:`.norm.short_run_limits`).
+to differ between processor makers (:func:`.norm.short_run_limits`). Also the
+operating system's memory calls that the allocator and the streaming-store policy
+use (:func:`libc_function`), looked up on first use.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import platform
+import sys
+from typing import Callable, Optional, Sequence
 
-__all__ = ["VENDOR", "X86", "cpuinfo_field"]
+__all__ = ["VENDOR", "X86", "cpuinfo_field", "libc_function"]
 
 
 def cpuinfo_field(name: str, path: str = "/proc/cpuinfo") -> str:
@@ -30,3 +36,18 @@ def cpuinfo_field(name: str, path: str = "/proc/cpuinfo") -> str:
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 #: The x86 vendor string (``GenuineIntel``, ``AuthenticAMD``), or ``""`` where unknown.
 VENDOR = cpuinfo_field("vendor_id") if X86 else ""
+
+
+@functools.lru_cache(maxsize=None)
+def libc_function(name: str, argtypes: Sequence[type], restype: type = ctypes.c_int) -> Optional[Callable]:
+    """The C library's function ``name`` with its ``argtypes`` and ``restype`` (a tuple
+    of ctypes types, and one), from the libraries the process has loaded; ``None``
+    outside Linux or where the library has no such function. Looked up once per
+    name and signature."""
+    if not sys.platform.startswith("linux"):
+        return None
+    fn = getattr(ctypes.CDLL(None), name, None)
+    if fn is not None:
+        fn.argtypes = tuple(argtypes)
+        fn.restype = restype
+    return fn

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 from typing import Optional, Tuple
 
 import numba.np.ufunc.parallel
@@ -62,7 +61,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from ._jit import helper
-from .machine import VENDOR
+from .machine import VENDOR, libc_function
 from .machine import X86 as _X86
 
 __all__ = [
@@ -165,20 +164,6 @@ def reused_memory(reused: bool) -> None:
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_mincore = None
-
-
-def _mincore_fn():
-    global _mincore
-    if _mincore is None:
-        fn = None
-        if sys.platform.startswith("linux"):
-            fn = getattr(ctypes.CDLL(None), "mincore", None)  # the C library's, already loaded
-            if fn is not None:
-                fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte))
-                fn.restype = ctypes.c_int
-        _mincore = fn or False
-    return _mincore
 
 
 def resident(address: int, nbytes: int) -> bool:
@@ -186,8 +171,8 @@ def resident(address: int, nbytes: int) -> bool:
     memory (Linux ``mincore``): memory that was written before, not pages fresh from
     the operating system, which it zeroes on first touch. False where that cannot be
     told (no ``mincore``, an empty range, an address it refuses)."""
-    fn = _mincore_fn()
-    if not fn or nbytes <= 0:
+    fn = libc_function("mincore", (ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)))
+    if fn is None or nbytes <= 0:
         return False
     flag = (ctypes.c_ubyte * 1)()
     for byte in (address, address + nbytes - 1):
