@@ -21,7 +21,8 @@
   training step's cold-cache JIT time (``docs/experiments/compile_time.py``,
   BENCHMARKS.md). Calling such a helper from Python
   raises :class:`TypeError` (there is nothing to call) instead of jumping to a
-  missing entry point. The kernels called from Python are compiled by
+  missing entry point. ``@helper(inline=True)`` inlines one into its callers
+  instead: for the bodies the element passes run once per row. The kernels called from Python are compiled by
   :func:`twin`, with a CPython entry point and without the C one (nothing takes
   their addresses).
 * :func:`twin` compiles one source twice: with ``prange`` loops on Numba's
@@ -44,6 +45,7 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 _OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", no_cfunc_wrapper=True)
 
 _internal = njit(no_cpython_wrapper=True, **_OPTIONS)
+_inlined = njit(no_cpython_wrapper=True, inline="always", **_OPTIONS)
 
 
 class _HelperDispatcher(CPUDispatcher):
@@ -56,9 +58,15 @@ class _HelperDispatcher(CPUDispatcher):
             "called from jitted code only (no Python entry point); call it from an @njit function")
 
 
-def helper(fn: Callable) -> Callable:
-    """Compile ``fn`` as a serial helper for other kernels: no CPython or C entry point."""
-    dispatcher = _internal(fn)
+def helper(fn: Optional[Callable] = None, *, inline: bool = False) -> Callable:
+    """Compile ``fn`` as a serial helper for other kernels: no CPython or C entry point.
+
+    ``@helper(inline=True)`` has Numba inline it into each caller's IR: for the
+    per-row bodies of the element passes, where a compiled call per row of a
+    few hundred values costs more than the row (``docs/experiments/borrowed_views.py``)."""
+    if fn is None:
+        return lambda f: helper(f, inline=inline)
+    dispatcher = (_inlined if inline else _internal)(fn)
     dispatcher.__class__ = _HelperDispatcher  # same layout: only the Python call differs
     return dispatcher
 

@@ -31,6 +31,7 @@ from .coefs import backward_coefs, forward_coefs
 from .elementwise import affine
 from .reduce import channel_moments
 from .stream import fence, span, stream_map, workers
+from .views import run_of
 
 __all__ = ["ACTIVATIONS", "act_backward", "act_forward"]
 
@@ -131,10 +132,10 @@ def _act_forward(x, z, w, b, eps, out, batch_stats, mean_in, var_in, nt):
             m, a, s = coefs[0, c], coefs[1, c], coefs[2, c]
             if z is None:
                 for p in range(P):
-                    _RUN(x[p, c], out[p, c], m, a, s, _ACT, nt)  # noqa: F821
+                    _RUN(run_of(x, p, c), run_of(out, p, c), m, a, s, _ACT, nt)  # noqa: F821
             else:
                 for p in range(P):
-                    _RUN_Z(x[p, c], z[p, c], out[p, c], m, a, s, _ACT, nt)  # noqa: F821
+                    _RUN_Z(run_of(x, p, c), run_of(z, p, c), run_of(out, p, c), m, a, s, _ACT, nt)  # noqa: F821
         fence(nt)
     return mean, var, rstd
 
@@ -194,12 +195,13 @@ def _act_backward(dy, x, z, w, b, mean, rstd, batch_stats, dx, dz):
         s2 = 0.0
         if has_z:
             for p in range(P):
-                a1, a2 = _grad_sums_run(dy[p, c], x[p, c], z[p, c], m, a, s, mu, _ACT)  # noqa: F821
+                a1, a2 = _grad_sums_run(run_of(dy, p, c), run_of(x, p, c), run_of(z, p, c), m, a, s, mu,
+                                        _ACT)  # noqa: F821
                 s1 += a1
                 s2 += a2
         else:
             for p in range(P):
-                a1, a2 = _grad_sums_run_noz(dy[p, c], x[p, c], m, a, s, mu, _ACT)  # noqa: F821
+                a1, a2 = _grad_sums_run_noz(run_of(dy, p, c), run_of(x, p, c), m, a, s, mu, _ACT)  # noqa: F821
                 s1 += a1
                 s2 += a2
         dw[c] = s2 * rstd[c]
@@ -208,10 +210,12 @@ def _act_backward(dy, x, z, w, b, mean, rstd, batch_stats, dx, dz):
         ga, gq, gm, gk = bc[0, c], bc[1, c], bc[2, c], bc[3, c]
         if has_z:
             for p in range(P):
-                _grad_run(dy[p, c], x[p, c], z[p, c], dx[p, c], dz[p, c], m, a, s, ga, gq, gm, gk, _ACT)  # noqa: F821
+                _grad_run(run_of(dy, p, c), run_of(x, p, c), run_of(z, p, c), run_of(dx, p, c), run_of(dz, p, c), m, a,
+                          s, ga, gq, gm, gk, _ACT)  # noqa: F821
         else:
             for p in range(P):
-                _grad_run_noz(dy[p, c], x[p, c], dx[p, c], m, a, s, ga, gq, gm, gk, _ACT)  # noqa: F821
+                _grad_run_noz(run_of(dy, p, c), run_of(x, p, c), run_of(dx, p, c), m, a, s, ga, gq, gm, gk,
+                              _ACT)  # noqa: F821
     return dw, db
 
 

@@ -26,13 +26,18 @@ Three memory patterns, by the length ``L`` of the contiguous runs:
   maps, level from 28x28 up;
 * **blocks** (``L < ROW_MIN``: channels-last where ``L == 1``): the
   ``(P, C*L)`` matrix is cut in tasks of (a block of whole channels, a range of
-  rows); a task expands its channels' coefficients along the block's ``cb*L``
-  columns once and streams its rows through them, so the vector loops run over
-  long row segments instead of ending every ``L`` elements.
+  rows); a task sweeps its rows' ``cb*L`` columns one row at a time, over the
+  coefficient vectors themselves where ``L == 1`` and over copies expanded
+  along the columns otherwise; streamed rows too short to stream are swept
+  several at a time (:func:`block_tasks`).
 
-Both write through :func:`.stream.stream_map`: with ``nt`` true (large outputs,
-decided by the entry points) whole cache lines are stored non-temporally, and
-each worker's span of tasks ends with a fence.
+All write through :func:`.stream.stream_map` or :func:`.stream.segment_map`:
+with ``nt`` true (large outputs, decided by the entry points) whole cache lines
+are stored non-temporally, and each worker's span of tasks ends with a fence.
+The runs are :func:`.views.borrow`-ed views, and the per-run bodies
+(:func:`affine`, :func:`affine2`) are inlined: with Numba slices and a compiled
+call per row the channels-last pass took up to 4.4x as long on rows of 64
+values, 1.1-1.7x on rows of 256-2,048 (``docs/experiments/borrowed_views.py``).
 """
 
 from __future__ import annotations
@@ -42,11 +47,13 @@ from numba import prange
 
 from ._jit import helper, twin
 from .reduce import ROW_MIN, expand, task_bounds
-from .stream import fence, segment_map, span, stream_map, workers
+from .stream import NT_MIN_RUN, fence, segment_map, span, stream_map, workers
+from .views import borrow
 
 __all__ = [
     "AFFINE", "AFFINE2", "BLOCK_COLS", "ROW_BLOCK_ELEMS", "affine", "affine2", "affine2_par",
-    "affine2_ser", "affine_par", "affine_ser", "block_channels", "block_task", "block_tasks", "segment_task", "segment_tasks",
+    "affine2_ser", "affine_par", "affine_ser", "block_channels", "block_coefs", "block_task", "block_tasks", "segment_task",
+    "segment_tasks",
 ]
 
 #: Elements of the (P, C*L) matrix handled per task in the blocks pattern, and
@@ -92,17 +99,31 @@ def segment_task(t, C, L, cb):
 
 
 @helper
-def block_tasks(P, C, L, row_block):
+def block_tasks(P, C, L, row_block, short_streamed):
     """(channels per block, rows per sweep, rows per task, number of tasks) of the
-    blocks pattern. When a block spans every channel (narrow rows, e.g.
-    channels-last with few channels) consecutive rows are contiguous, and a sweep
-    covers several of them at once (coefficients tiled to match), so the vector
-    loops do not restart every ``C*L`` elements."""
+    blocks pattern. Each row of a block is a sweep of its own, except where its
+    values would be streamed but a row is too short to stream
+    (``short_streamed``: under :data:`.stream.NT_MIN_RUN` bytes) and the block
+    spans every channel: consecutive rows are then contiguous, and a sweep covers
+    several of them (coefficients tiled to match), about :data:`BLOCK_COLS`
+    values, which stream. Measured on an AMD EPYC (``docs/experiments/borrowed_views.py``):
+    rows one by one over the coefficients themselves were level with or faster
+    than tiled sweeps (1.1-1.3x on rows of 256-512 values) everywhere but on
+    streamed rows of 64 values, where the tiled sweeps were 1.2-1.8x faster."""
     cb = block_channels(C, L)
-    reps = max(1, BLOCK_COLS // (C * L)) if cb == C else 1
+    reps = max(1, BLOCK_COLS // (C * L)) if cb == C and short_streamed else 1
     rows = max(1, row_block // (cb * L)) // reps * reps
     rows = max(reps, rows)
     return cb, reps, rows, ((C + cb - 1) // cb) * ((P + rows - 1) // rows)
+
+
+@helper(inline=True)
+def block_coefs(v, c0, c1, L, dtype, reps):
+    """A blocks task's coefficient vector for channels ``c0 .. c1``: ``v``'s own entries
+    where a sweep is one row of one value per channel, else :func:`.reduce.expand`."""
+    if L == 1 and reps == 1:
+        return borrow(v, c0, c1 - c0)
+    return expand(v, c0, c1, L, dtype, reps)
 
 
 #: ``y = (x - m) * a + b``: the forward, and ``dx = a * dy`` with ``m = b = 0``.
@@ -111,7 +132,7 @@ AFFINE = "0 1 - 2 * 3 +"
 AFFINE2 = "0 2 * 1 4 - 3 * + 5 +"
 
 
-@helper
+@helper(inline=True)
 def affine(xr, o, m, a, b, nt):
     """``o = (x - m) * a + b`` over a contiguous run; ``m``, ``a``, ``b`` scalars or
     coefficient vectors at least as long as ``xr``. ``nt``: streaming stores
@@ -119,7 +140,7 @@ def affine(xr, o, m, a, b, nt):
     stream_map(AFFINE, o, (xr, m, a, b), nt)
 
 
-@helper
+@helper(inline=True)
 def affine2(gr, xr, o, a, b, m, k, nt):
     """``o = dy * a + (x - m) * b + k`` over a contiguous run (scalars or vectors)."""
     stream_map(AFFINE2, o, (gr, xr, a, b, m, k), nt)
@@ -134,8 +155,9 @@ def _affine(x, m, a, b, out, chunk, row_block, nt):
             t0, t1 = span(w, nw, tasks)
             for t in range(t0, t1):
                 p, c0, c1, n = segment_task(t, C, L, cb)
-                segment_map(AFFINE, out[p, c0:c1].reshape(n), (x[p, c0:c1].reshape(n),), (m[c0:c1], a[c0:c1], b[c0:c1]),
-                            L, nt)
+                at = (p * C + c0) * L
+                segment_map(AFFINE, borrow(out, at, n), (borrow(x, at, n),),
+                            (borrow(m, c0, c1 - c0), borrow(a, c0, c1 - c0), borrow(b, c0, c1 - c0)), L, nt)
             fence(nt)
         return
     if L >= chunk:
@@ -146,32 +168,25 @@ def _affine(x, m, a, b, out, chunk, row_block, nt):
             t0, t1 = span(w, nw, tasks)
             for t in range(t0, t1):
                 p, c, lo, n = task_bounds(t, C, K, L, chunk)
-                affine(x[p, c, lo:lo + n], out[p, c, lo:lo + n], m[c], a[c], b[c], nt)
+                at = (p * C + c) * L + lo
+                affine(borrow(x, at, n), borrow(out, at, n), m[c], a[c], b[c], nt)
             fence(nt)
         return
     W = C * L
-    x2 = x.reshape(P, W)
-    o2 = out.reshape(P, W)
-    xf = x.reshape(P * W)
-    of = out.reshape(P * W)
-    cb, reps, rows, tasks = block_tasks(P, C, L, row_block)
+    cb, reps, rows, tasks = block_tasks(P, C, L, row_block, nt != 0 and W * x.itemsize < NT_MIN_RUN)
     nw = workers(tasks)
     for w in prange(nw):
         t0, t1 = span(w, nw, tasks)
         for t in range(t0, t1):
             c0, c1, r0, r1 = block_task(t, C, L, P, cb, rows)
             j0 = c0 * L
-            j1 = c1 * L
-            mw = expand(m, c0, c1, L, x.dtype, reps)
-            aw = expand(a, c0, c1, L, x.dtype, reps)
-            bw = expand(b, c0, c1, L, x.dtype, reps)
-            if reps > 1:  # whole rows: reps of them per sweep
-                for r in range(r0, r1, reps):
-                    e = min(r1, r + reps)
-                    affine(xf[r * W:e * W], of[r * W:e * W], mw, aw, bw, nt)
-            else:
-                for r in range(r0, r1):
-                    affine(x2[r, j0:j1], o2[r, j0:j1], mw, aw, bw, nt)
+            nj = (c1 - c0) * L
+            mw = block_coefs(m, c0, c1, L, x.dtype, reps)
+            aw = block_coefs(a, c0, c1, L, x.dtype, reps)
+            bw = block_coefs(b, c0, c1, L, x.dtype, reps)
+            for r in range(r0, r1, reps):  # reps whole rows per sweep, or one row's block
+                n = (min(r1, r + reps) - r) * W if reps > 1 else nj
+                affine(borrow(x, r * W + j0, n), borrow(out, r * W + j0, n), mw, aw, bw, nt)
         fence(nt)
 
 
@@ -184,8 +199,10 @@ def _affine2(dy, x, a, b, m, k, out, chunk, row_block, nt):
             t0, t1 = span(w, nw, tasks)
             for t in range(t0, t1):
                 p, c0, c1, n = segment_task(t, C, L, cb)
-                segment_map(AFFINE2, out[p, c0:c1].reshape(n), (dy[p, c0:c1].reshape(n), x[p, c0:c1].reshape(n)),
-                            (a[c0:c1], b[c0:c1], m[c0:c1], k[c0:c1]), L, nt)
+                at = (p * C + c0) * L
+                nc = c1 - c0
+                segment_map(AFFINE2, borrow(out, at, n), (borrow(dy, at, n), borrow(x, at, n)),
+                            (borrow(a, c0, nc), borrow(b, c0, nc), borrow(m, c0, nc), borrow(k, c0, nc)), L, nt)
             fence(nt)
         return
     if L >= chunk:
@@ -196,35 +213,27 @@ def _affine2(dy, x, a, b, m, k, out, chunk, row_block, nt):
             t0, t1 = span(w, nw, tasks)
             for t in range(t0, t1):
                 p, c, lo, n = task_bounds(t, C, K, L, chunk)
-                affine2(dy[p, c, lo:lo + n], x[p, c, lo:lo + n], out[p, c, lo:lo + n], a[c], b[c], m[c], k[c], nt)
+                at = (p * C + c) * L + lo
+                affine2(borrow(dy, at, n), borrow(x, at, n), borrow(out, at, n), a[c], b[c], m[c], k[c], nt)
             fence(nt)
         return
     W = C * L
-    g2 = dy.reshape(P, W)
-    x2 = x.reshape(P, W)
-    o2 = out.reshape(P, W)
-    gf = dy.reshape(P * W)
-    xf = x.reshape(P * W)
-    of = out.reshape(P * W)
-    cb, reps, rows, tasks = block_tasks(P, C, L, row_block)
+    cb, reps, rows, tasks = block_tasks(P, C, L, row_block, nt != 0 and W * x.itemsize < NT_MIN_RUN)
     nw = workers(tasks)
     for w in prange(nw):
         t0, t1 = span(w, nw, tasks)
         for t in range(t0, t1):
             c0, c1, r0, r1 = block_task(t, C, L, P, cb, rows)
             j0 = c0 * L
-            j1 = c1 * L
-            aw = expand(a, c0, c1, L, x.dtype, reps)
-            bw = expand(b, c0, c1, L, x.dtype, reps)
-            mw = expand(m, c0, c1, L, x.dtype, reps)
-            kw = expand(k, c0, c1, L, x.dtype, reps)
-            if reps > 1:  # whole rows: reps of them per sweep
-                for r in range(r0, r1, reps):
-                    e = min(r1, r + reps)
-                    affine2(gf[r * W:e * W], xf[r * W:e * W], of[r * W:e * W], aw, bw, mw, kw, nt)
-            else:
-                for r in range(r0, r1):
-                    affine2(g2[r, j0:j1], x2[r, j0:j1], o2[r, j0:j1], aw, bw, mw, kw, nt)
+            nj = (c1 - c0) * L
+            aw = block_coefs(a, c0, c1, L, x.dtype, reps)
+            bw = block_coefs(b, c0, c1, L, x.dtype, reps)
+            mw = block_coefs(m, c0, c1, L, x.dtype, reps)
+            kw = block_coefs(k, c0, c1, L, x.dtype, reps)
+            for r in range(r0, r1, reps):
+                n = (min(r1, r + reps) - r) * W if reps > 1 else nj
+                at = r * W + j0
+                affine2(borrow(dy, at, n), borrow(x, at, n), borrow(out, at, n), aw, bw, mw, kw, nt)
         fence(nt)
 
 

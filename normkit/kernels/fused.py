@@ -35,6 +35,7 @@ from .coefs import backward_channels, backward_coefs, finish_channels, shared_fo
 from .elementwise import AFFINE, AFFINE2, affine, affine2
 from .reduce import apart, channel_shift, finish_moments, run_moments, run_sums
 from .stream import fence, segment_map, segment_sums, span, workers
+from .views import borrow, run_of
 
 __all__ = [
     "block_backward_par", "block_backward_ser", "block_forward_par", "block_forward_ser", "channel_backward_par",
@@ -111,7 +112,7 @@ def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, nt):
             s2 = 0.0
             mc = mean[c]
             for p in range(P):
-                a1, a2 = run_sums(dy[p, c], x[p, c], 0.0, mc)
+                a1, a2 = run_sums(run_of(dy, p, c), run_of(x, p, c), 0.0, mc)
                 s1 += a1
                 s2 += a2
             dw[c] = s2 * rstd[c]
@@ -121,10 +122,10 @@ def _channel_backward(dy, x, mean, rstd, w, batch_stats, dx, need_dx, nt):
                 a, q, m, k = coefs[0, c], coefs[1, c], coefs[2, c], coefs[3, c]
                 if batch_stats:
                     for p in range(P):
-                        affine2(dy[p, c], x[p, c], dx[p, c], a, q, m, k, nt)
+                        affine2(run_of(dy, p, c), run_of(x, p, c), run_of(dx, p, c), a, q, m, k, nt)
                 else:  # dx = a * dy (q = k = 0)
                     for p in range(P):
-                        affine(dy[p, c], dx[p, c], q, a, k, nt)
+                        affine(run_of(dy, p, c), run_of(dx, p, c), q, a, k, nt)
         fence(nt)
     return dw, db
 
@@ -203,7 +204,8 @@ def _group_forward(x, G, w, b, eps, out, nt):
             if not np.isfinite(k):
                 k = 0.0
             # the group's Cg*L values are contiguous: one run, not Cg short ones
-            s1, s2 = run_moments(x[n, c0:c0 + Cg].reshape(n_vals), k)
+            at = (n * C + c0) * L
+            s1, s2 = run_moments(borrow(x, at, n_vals), k)
             mu, v = finish_moments(s1, s2, k, n_vals)
             r = 1.0 / np.sqrt(v + eps)
             mean[t] = mu
@@ -214,8 +216,7 @@ def _group_forward(x, G, w, b, eps, out, nt):
             s_c = coefs[wk, 1]
             shared_forward_coefs(mu, r, w, b, c0, a_c, s_c, co)
             # the group's channels as segments of one run (m is the group's)
-            segment_map(AFFINE, out[n, c0:c0 + Cg].reshape(n_vals), (x[n, c0:c0 + Cg].reshape(n_vals), co[0]),
-                        (a_c, s_c), L, nt)
+            segment_map(AFFINE, borrow(out, at, n_vals), (borrow(x, at, n_vals), co[0]), (a_c, s_c), L, nt)
         fence(nt)
     return mean, var, rstd
 
@@ -245,10 +246,11 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
             c0 = g * Cg
             mu = mean[t]
             r = rstd[t]
-            gy = dy[n, c0:c0 + Cg].reshape(M)
-            gx = x[n, c0:c0 + Cg].reshape(M)
-            sum1 = s1[n, c0:c0 + Cg]
-            sum2 = s2[n, c0:c0 + Cg]
+            at = (n * C + c0) * L
+            gy = borrow(dy, at, M)
+            gx = borrow(x, at, M)
+            sum1 = borrow(s1, n * C + c0, Cg)
+            sum2 = borrow(s2, n * C + c0, Cg)
             sum1[:] = 0.0  # segment_sums adds
             sum2[:] = 0.0
             segment_sums(gy, gx, 0.0, mu, L, sum1, sum2)  # per channel
@@ -267,7 +269,7 @@ def _group_backward(dy, x, G, mean, rstd, w, dx, s1, s2, nt):
             a_c = coefs[wk]
             for j in range(Cg):  # rounded to x's dtype on assignment, as co[0] elsewhere
                 a_c[j] = r if w is None else r * w[np.uint64(c0 + j)]
-            segment_map(_GROUP_AFFINE2, dx[n, c0:c0 + Cg].reshape(M), (gy, gx, co[1], co[2], co[3]), (a_c,), L, nt)
+            segment_map(_GROUP_AFFINE2, borrow(dx, at, M), (gy, gx, co[1], co[2], co[3]), (a_c,), L, nt)
         fence(nt)
 
 

@@ -40,6 +40,7 @@ from numba import prange
 
 from ._jit import helper, twin
 from .tiles import TILE, TILE_ROWS, tile_sums
+from .views import borrow, run_of
 
 __all__ = [
     "ROW_MIN", "CHUNK", "COL_BLOCK", "COL_TASK_ELEMS", "COL_TASKS_MAX", "PAD", "apart", "channel_moments",
@@ -120,7 +121,7 @@ def channel_moments(x, c):
     s1 = 0.0
     s2 = 0.0
     for p in range(x.shape[0]):
-        a1, a2 = run_moments(x[p, c], k)
+        a1, a2 = run_moments(run_of(x, p, c), k)
         s1 += a1
         s2 += a2
     return finish_moments(s1, s2, k, x.shape[0] * x.shape[2])
@@ -223,10 +224,11 @@ def _sums(u, v, us, vs, s1, s2, chunk, block, task_elems, tasks_max, square):
         p2 = np.empty((P, C, K))
         for t in prange(P * C * K):
             p, c, lo, n = task_bounds(t, C, K, L, chunk)
+            at = (p * C + c) * L + lo
             if square:
-                a, b = run_moments(u[p, c, lo:lo + n], us[c])
+                a, b = run_moments(borrow(u, at, n), us[c])
             else:
-                a, b = _row_run(u[p, c, lo:lo + n], v[p, c, lo:lo + n], us[c], vs[c])
+                a, b = _row_run(borrow(u, at, n), borrow(v, at, n), us[c], vs[c])
             p1[p, c, t % K] = a
             p2[p, c, t % K] = b
         s1[:] = 0.0  # little work per channel: a parallel region would cost more

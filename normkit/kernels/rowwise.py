@@ -48,6 +48,7 @@ from . import norm
 from ._jit import helper, twin
 from .reduce import apart
 from .stream import fence, span, stream_map, streams, workers
+from .views import borrow
 
 __all__ = ["ROW_CHUNK", "ROW_FUSE_MAX", "TASKS_MAX", "TASK_ELEMS", "backward_tasks", "row_backward", "row_forward"]
 
@@ -86,13 +87,13 @@ def _row_stats(xr, center):
     return k + d, (0.0 if v < 0.0 else v)  # rounding can dip below 0; NaN stays NaN
 
 
-@helper
+@helper(inline=True)
 def _row_apply(xr, o, m, a, c, w, b, nt):
     """o = ((x - m) * a + c) * w + b, every operand in x's dtype (``nt``: streaming stores)."""
     stream_map("0 1 - 2 * 3 + 4 * 5 +", o, (xr, m, a, c, w, b), nt)
 
 
-@helper
+@helper(inline=True)
 def _row_sums(dyr, xr, w, m, rs, aw, ab):
     """(sum(w*dy), sum(w*dy*(x-m))) of a row in float64; adds dy*(x-m)*rs and dy to aw, ab."""
     s1 = 0.0
@@ -108,7 +109,7 @@ def _row_sums(dyr, xr, w, m, rs, aw, ab):
     return s1, s2
 
 
-@helper
+@helper(inline=True)
 def _row_dx(dyr, xr, o, w, a, bc, m, k, nt):
     """o = (dy * w) * a + (x - m) * bc + k, every operand in x's dtype (``nt``: streaming stores)."""
     stream_map("0 1 * 2 * 3 4 - 5 * + 6 +", o, (dyr, w, a, xr, m, bc, k), nt)
@@ -139,18 +140,19 @@ def _set_grad_coefficients(coef, r, mean, rstd, s1, s2, n, center):
 
 
 def _forward_fused(x, w, b, eps, center, out, mean, var, rstd, coef, nt):
-    R = x.shape[0]
+    R, D = x.shape
     nw = workers(R)
     for wk in prange(nw):
         r0, r1 = span(wk, nw, R)
         for r in range(r0, r1):
-            mu, v = _row_stats(x[r], center)
+            xr = borrow(x, r * D, D)
+            mu, v = _row_stats(xr, center)
             rs = 1.0 / np.sqrt(v + eps)
             mean[r] = mu
             var[r] = v
             rstd[r] = rs
             _set_coefficients(coef, r, mu, rs)
-            _row_apply(x[r], out[r], coef[0, r], coef[1, r], coef[2, r], w, b, nt)
+            _row_apply(xr, borrow(out, r * D, D), coef[0, r], coef[1, r], coef[2, r], w, b, nt)
         fence(nt)
 
 
@@ -173,7 +175,10 @@ def _apply_chunked(x, w, b, eps, mean, var, rstd, coef, out, chunk, nt):
         t0, t1 = span(wk, nw, R * K)
         for t in range(t0, t1):
             r, lo, hi = _chunk(t, K, D, chunk)
-            _row_apply(x[r, lo:hi], out[r, lo:hi], coef[0, r], coef[1, r], coef[2, r], w[lo:hi], b[lo:hi], nt)
+            at = r * D + lo
+            n = hi - lo
+            _row_apply(borrow(x, at, n), borrow(out, at, n), coef[0, r], coef[1, r], coef[2, r], borrow(w, lo, n),
+                       borrow(b, lo, n), nt)
         fence(nt)
 
 
@@ -182,13 +187,17 @@ def _backward_fused(dy, x, w, mean, rstd, center, dx, need_dx, tasks, coef, dw, 
     pw = apart(tasks, D)
     pb = apart(tasks, D)
     for t in prange(tasks):  # few tasks (<= TASKS_MAX), each many rows: a fence per task
-        pw[t, :D] = 0.0
-        pb[t, :D] = 0.0
+        aw = pw[t, :D]
+        ab = pb[t, :D]
+        aw[:] = 0.0
+        ab[:] = 0.0
         for r in range(t * R // tasks, (t + 1) * R // tasks):
-            s1, s2 = _row_sums(dy[r], x[r], w, mean[r], rstd[r], pw[t, :D], pb[t, :D])
+            dyr = borrow(dy, r * D, D)
+            xr = borrow(x, r * D, D)
+            s1, s2 = _row_sums(dyr, xr, w, mean[r], rstd[r], aw, ab)
             if need_dx:
                 _set_grad_coefficients(coef, r, mean[r], rstd[r], s1, s2, D, center)
-                _row_dx(dy[r], x[r], dx[r], w, coef[0, r], coef[1, r], coef[2, r], coef[3, r], nt)
+                _row_dx(dyr, xr, borrow(dx, r * D, D), w, coef[0, r], coef[1, r], coef[2, r], coef[3, r], nt)
         fence(nt)
     for j in range(D):
         dw[j] = 0.0
@@ -210,8 +219,10 @@ def _backward_chunked(dy, x, w, mean, rstd, center, dx, need_dx, chunk, coef, dw
     for k in prange(K):  # a task owns a column chunk: its dw/db entries and the rows' partial sums
         lo = k * chunk
         hi = min(D, lo + chunk)
+        n = hi - lo
+        wk, dwk, dbk = borrow(w, lo, n), borrow(dw, lo, n), borrow(db, lo, n)
         for r in range(R):
-            s1, s2 = _row_sums(dy[r, lo:hi], x[r, lo:hi], w[lo:hi], mean[r], rstd[r], dw[lo:hi], db[lo:hi])
+            s1, s2 = _row_sums(borrow(dy, r * D + lo, n), borrow(x, r * D + lo, n), wk, mean[r], rstd[r], dwk, dbk)
             p1[r, k] = s1
             p2[r, k] = s2
     if not need_dx:
@@ -223,8 +234,10 @@ def _backward_chunked(dy, x, w, mean, rstd, center, dx, need_dx, chunk, coef, dw
         t0, t1 = span(wk, nw, R * K)
         for t in range(t0, t1):
             r, lo, hi = _chunk(t, K, D, chunk)
-            _row_dx(dy[r, lo:hi], x[r, lo:hi], dx[r, lo:hi], w[lo:hi], coef[0, r], coef[1, r], coef[2, r], coef[3, r],
-                    nt)
+            at = r * D + lo
+            n = hi - lo
+            _row_dx(borrow(dy, at, n), borrow(x, at, n), borrow(dx, at, n), borrow(w, lo, n), coef[0, r], coef[1, r],
+                    coef[2, r], coef[3, r], nt)
         fence(nt)
 
 
