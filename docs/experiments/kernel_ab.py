@@ -1,9 +1,12 @@
-"""BatchNorm2d's training forward and backward kernels (norm.forward_batch, norm.backward)
+"""BatchNorm2d's training forward, backward and eval kernels (norm.forward_batch, norm.backward,
+norm.forward_fixed)
 of this tree and of another tree's copy of the package, in one process, alternating
 rounds: the other tree's normkit is imported as a second package (`normkit_ab`, through a
 symbolic link in a temporary directory; the kernels import each other relatively, and
 Numba caches each source file apart). Medians in us over rounds of 50 calls; outputs
-checked equal. THREADS=n in the environment: n threads (default: Numba's).
+checked equal. Arrays start on a cache line (stream.aligned_empty; NumPy's own allocations
+land 16 bytes past one at random, which moves streamed kernels by up to 1.5x,
+output_buffers.py; the records before the borrowed views used NumPy's). THREADS=n in the environment: n threads (default: Numba's).
 Usage: kernel_ab.py OTHER_TREE SHAPE [SHAPE ...]"""
 import importlib
 import os
@@ -15,6 +18,7 @@ import numba
 import numpy as np
 
 from normkit.kernels import norm as this
+from normkit.kernels.stream import aligned_empty
 
 if os.environ.get("THREADS"):
     numba.set_num_threads(int(os.environ["THREADS"]))
@@ -37,27 +41,28 @@ for spec in sys.argv[2:]:
     N, C = shape[:2]
     L = int(np.prod(shape[2:]))
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((N, C, L), dtype=np.float32)
-    dy = rng.standard_normal((N, C, L), dtype=np.float32)
+    x, dy = aligned_empty((N, C, L), np.float32), aligned_empty((N, C, L), np.float32)
+    x[:] = rng.standard_normal((N, C, L), dtype=np.float32)
+    dy[:] = rng.standard_normal((N, C, L), dtype=np.float32)
     w = rng.random(C, dtype=np.float32) + 0.5
     b = rng.standard_normal(C, dtype=np.float32)
     outs = {}
     for k, mod in forms.items():
-        out, dx = np.empty_like(x), np.empty_like(x)
+        out, dx = aligned_empty(x.shape, x.dtype), aligned_empty(x.shape, x.dtype)
         mean, var, rstd = mod.forward_batch(x, w, b, 1e-5, out)
         dw, db = mod.backward(dy, x, mean, rstd, w, True, dx)
         outs[k] = (out, dx, mean, var, dw, db)
     for a, bb in zip(*outs.values()):
         assert np.allclose(a, bb, rtol=1e-5, atol=1e-5)
-    res = {(k, d): [] for k in forms for d in ("fwd", "bwd")}
+    res = {(k, d): [] for k in forms for d in ("fwd", "bwd", "eval")}
     for _ in range(7):
         for k, mod in forms.items():
-            out, dx = np.empty_like(x), np.empty_like(x)
+            out, dx = aligned_empty(x.shape, x.dtype), aligned_empty(x.shape, x.dtype)
             mean, var, rstd = mod.forward_batch(x, w, b, 1e-5, out)
             res[k, "fwd"].append(rounds(lambda: mod.forward_batch(x, w, b, 1e-5, out)))
             res[k, "bwd"].append(rounds(lambda: mod.backward(dy, x, mean, rstd, w, True, dx)))
+            res[k, "eval"].append(rounds(lambda: mod.forward_fixed(x, mean, var, w, b, 1e-5, out)))
     print(spec)
     for k in forms:
-        f, g = res[k, "fwd"], res[k, "bwd"]
-        print(f"  {k:16s} forward {np.median(f):8.1f} us ({min(f):.0f}-{max(f):.0f})"
-              f"   backward {np.median(g):8.1f} us ({min(g):.0f}-{max(g):.0f})")
+        print(f"  {k:16s}" + "   ".join(f"{d} {np.median(v):8.1f} us ({min(v):.0f}-{max(v):.0f})"
+                                        for d in ("fwd", "bwd", "eval") for v in [res[k, d]]))
