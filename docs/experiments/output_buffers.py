@@ -49,7 +49,8 @@ outs = [alloc(shape, np.float32) for _ in range(K)]
 for o in outs:
     kernels.forward_fixed(x, mean, var, w, b, 1e-5, o)
 print(f"{sys.argv[1]}: streams {stream.streams(outs[0].nbytes, out=outs[0])}; huge-page fraction per output",
-      ", ".join(f"{huge_fraction(o):.2f}" for o in outs), f"(input {huge_fraction(x):.2f})")
+      ", ".join(f"{huge_fraction(o):.2f}" for o in outs), f"(input {huge_fraction(x):.2f});",
+      "bytes past a cache line", ", ".join(str(o.ctypes.data % stream.LINE) for o in outs))
 fns = {f"out{i}": (lambda o=o: kernels.forward_fixed(x, mean, var, w, b, 1e-5, o)) for i, o in enumerate(outs)}
 for _ in range(3):
     res = measure_interleaved(fns, budget=0.3)
