@@ -36,7 +36,7 @@ with ``nt`` true (large outputs, decided by the entry points) whole cache lines
 are stored non-temporally, and each worker's span of tasks ends with a fence.
 The runs are :func:`.views.borrow`-ed views, and the per-run bodies
 (:func:`affine`, :func:`affine2`) are inlined: with Numba slices and a compiled
-call per row the channels-last pass took up to 4.4x as long on rows of 64
+call per row the channels-last pass took up to 4.5x as long on rows of 64
 values, 1.1-1.7x on rows of 256-2,048 (``docs/experiments/borrowed_views.py``).
 """
 

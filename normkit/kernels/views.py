@@ -8,7 +8,7 @@ cores on every row. Measured on a channels-last element pass over rows of
 64-2,048 values, two threads, an AMD EPYC (Zen 4)
 (``docs/experiments/borrowed_views.py``): the same loop over views made by
 :func:`borrow` ran up to 1.6x faster (rows of 64 values), and with the row's
-body inlined as well (``@helper(inline=True)``) 1.1-4.4x faster than over
+body inlined as well (``@helper(inline=True)``) 1.1-4.5x faster than over
 slices with a compiled call per row.
 
 :func:`borrow` builds the view without the reference (its ``meminfo`` is
