@@ -24,3 +24,4 @@ def _kernels_for_every_size(monkeypatch, request):
         import normkit.nn.functional as F
 
         monkeypatch.setattr(F, "SMALL_INPUT", 0)
+        monkeypatch.setattr(F, "SMALL_ROWS_INPUT", 0)

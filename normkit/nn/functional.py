@@ -6,16 +6,21 @@ dtype (CUDA, float16, bfloat16), and code being traced by ``torch.compile`` or
 ``torch.export``, runs the same mathematics in plain torch operations
 (float16/bfloat16 with float32 statistics).
 
-Small inputs (at most :data:`SMALL_INPUT` elements) are the exception: there
-the cost of a call is its overhead, not its memory traffic, and PyTorch's own
-CPU kernel, dispatched from C++, beats any path that crosses Python and a JIT
-boundary (measured: 2x faster per call on ``8x16x8x8``). They go to
+Small inputs are the exception: at most :data:`SMALL_INPUT` elements, or
+:data:`SMALL_ROWS_INPUT` where the channels are the innermost dimension
+(``(N, C)`` and channels-last inputs). There the cost of a call is mostly its
+overhead, not its memory traffic, and PyTorch's own CPU kernel, dispatched from
+C++, beats any path that crosses Python and a JIT boundary (measured: 2x faster
+per call on ``8x16x8x8``; on the channels-innermost layouts, where torch's
+kernel is a good one, 1.2-2.7x faster up to 2**18 elements,
+``docs/experiments/cross_layouts.py``). They go to
 ``torch.batch_norm`` -- the same conventions (momentum as the weight of the new
 batch, unbiased ``running_var``, float64 accumulation of float32 statistics on
 the CPU) -- after normkit's own validation, and ``num_batches_tracked`` is
 counted here as on the kernel path. A non-default ``nonfinite`` policy needs
 the batch statistics before the running ones are touched, so it always takes
-the kernel path. Set ``SMALL_INPUT = 0`` to send every input to the kernels.
+the kernel path. Set ``SMALL_INPUT = SMALL_ROWS_INPUT = 0`` to send every input
+to the kernels.
 """
 
 from __future__ import annotations
@@ -31,13 +36,20 @@ from . import _torch_impl
 from ._autograd import KernelBatchNorm
 from ._autograd import forward as kernel_forward
 
-__all__ = ["SMALL_INPUT", "batch_norm", "uses_kernels"]
+__all__ = ["SMALL_INPUT", "SMALL_ROWS_INPUT", "batch_norm", "small_input", "uses_kernels"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _VECTOR_NAMES = ("weight", "bias", "running_mean", "running_var")  # check_input's order
 
 #: Inputs with at most this many elements run on PyTorch's own CPU kernel (see above).
 SMALL_INPUT = 1 << 16
+#: The same bound for inputs whose channels are their innermost dimension (``(N, C)``,
+#: channels-last). Measured on an AMD EPYC (``docs/experiments/cross_layouts.py``), torch's
+#: kernel behind normkit's checks against normkit's kernels, training forward and
+#: forward+backward: 1.2-2.7x as fast from 2**16 to 2**18 elements (BatchNorm1d 256x256 to
+#: 1024x256, 4096x64, 256x1024; channels-last 8x64x16x16); from 2**19 up (2048x256,
+#: 8192x64, channels-last 32x64x16x16) anywhere from 0.84x to 1.4x between runs.
+SMALL_ROWS_INPUT = 1 << 18
 
 
 def _tracing() -> bool:
@@ -55,6 +67,13 @@ def uses_kernels(input: torch.Tensor, weight: Optional[torch.Tensor] = None, bia
         and (bias is None or (bias.is_cpu and bias.dtype is dtype))
         and not _tracing()
     )
+
+
+def small_input(input: torch.Tensor) -> bool:
+    """Whether ``input`` is small enough for PyTorch's own kernel (:data:`SMALL_INPUT`,
+    or :data:`SMALL_ROWS_INPUT` when its channels, dim 1, are the innermost dimension)."""
+    n = input.numel()
+    return n <= SMALL_INPUT or (n <= SMALL_ROWS_INPUT and input.stride(1) == 1)
 
 
 def check_input(
@@ -155,7 +174,7 @@ def batch_norm(
             num_batches_tracked.add_(1)
         return y
 
-    if input.numel() <= SMALL_INPUT and nonfinite == "propagate" and input.is_cpu and input.dtype in _KERNEL_DTYPES:
+    if small_input(input) and nonfinite == "propagate" and input.is_cpu and input.dtype in _KERNEL_DTYPES:
         keep = update or not batch_stats  # running statistics read (eval) or updated (training)
         y = torch.batch_norm(
             input, weight, bias, running_mean if keep else None, running_var if keep else None, batch_stats,
