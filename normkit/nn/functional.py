@@ -12,7 +12,7 @@ Small inputs are the exception: at most :data:`SMALL_INPUT` elements, or
 overhead, not its memory traffic, and PyTorch's own CPU kernel, dispatched from
 C++, beats any path that crosses Python and a JIT boundary (measured: 2x faster
 per call on ``8x16x8x8``; on the channels-innermost layouts, where torch's
-kernel is a good one, 1.2-2.7x faster up to 2**18 elements,
+kernel is a good one, 1.2-2.4x faster up to 2**18 elements,
 ``docs/experiments/cross_layouts.py``). They go to
 ``torch.batch_norm`` -- the same conventions (momentum as the weight of the new
 batch, unbiased ``running_var``, float64 accumulation of float32 statistics on
@@ -46,9 +46,9 @@ SMALL_INPUT = 1 << 16
 #: The same bound for inputs whose channels are their innermost dimension (``(N, C)``,
 #: channels-last). Measured on an AMD EPYC (``docs/experiments/cross_layouts.py``), torch's
 #: kernel behind normkit's checks against normkit's kernels, training forward and
-#: forward+backward: 1.2-2.7x as fast from 2**16 to 2**18 elements (BatchNorm1d 256x256 to
+#: forward+backward: 1.2-2.4x as fast from 2**16 to 2**18 elements (BatchNorm1d 256x256 to
 #: 1024x256, 4096x64, 256x1024; channels-last 8x64x16x16); from 2**19 up (2048x256,
-#: 8192x64, channels-last 32x64x16x16) anywhere from 0.84x to 1.4x between runs.
+#: 8192x64, channels-last 32x64x16x16 and 8x64x32x32) anywhere from 0.8x to 1.7x.
 SMALL_ROWS_INPUT = 1 << 18
 
 
