@@ -22,9 +22,9 @@
   BENCHMARKS.md). Calling such a helper from Python
   raises :class:`TypeError` (there is nothing to call) instead of jumping to a
   missing entry point. ``@helper(inline=True)`` inlines one into its callers
-  instead: for the bodies the element passes run once per row. The kernels called from Python are compiled by
-  :func:`twin`, with a CPython entry point and without the C one (nothing takes
-  their addresses).
+  instead: for the bodies the element passes run once per row. The kernels
+  called from Python are compiled by :func:`twin`, with a CPython entry point
+  and without the C one (nothing takes their addresses).
 * :func:`twin` compiles one source twice: with ``prange`` loops on Numba's
   thread pool, and as plain loops for inputs too small to repay a parallel launch.
 """

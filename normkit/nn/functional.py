@@ -17,10 +17,11 @@ kernel is a good one, 1.2-2.4x faster up to 2**18 elements,
 ``torch.batch_norm`` -- the same conventions (momentum as the weight of the new
 batch, unbiased ``running_var``, float64 accumulation of float32 statistics on
 the CPU) -- after normkit's own validation, and ``num_batches_tracked`` is
-counted here as on the kernel path. A non-default ``nonfinite`` policy needs
-the batch statistics before the running ones are touched, so it always takes
-the kernel path. Set ``SMALL_INPUT = SMALL_ROWS_INPUT = 0`` to send every input
-to the kernels.
+counted here as on the kernel path; torch's kernel sums the parameter
+gradients in float32, where the kernels sum in float64. A non-default
+``nonfinite`` policy needs the batch statistics before the running ones are
+touched, so it always takes the kernel path. Set ``SMALL_INPUT =
+SMALL_ROWS_INPUT = 0`` to send every input to the kernels.
 """
 
 from __future__ import annotations
