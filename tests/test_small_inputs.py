@@ -8,7 +8,6 @@ non-finite policies behave as on the kernel path.
 """
 
 import copy
-import math
 
 import pytest
 import torch
@@ -47,10 +46,9 @@ def _run(layer, x, dy, steps=3):
 
 
 def _small_in(shape, layout):
-    """Whether the defaults send this shape and layout to PyTorch's kernel (F.small_input)."""
-    n = math.prod(shape)
-    innermost = layout == "channels_last" or math.prod(shape[2:]) == 1
-    return n <= F.SMALL_INPUT or (innermost and n <= F.SMALL_ROWS_INPUT)
+    """Whether the defaults send this shape and layout to PyTorch's kernel."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return F.small_input(torch.empty(shape, memory_format=fmt))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -184,9 +184,10 @@ def _affine(x, m, a, b, out, chunk, row_block, nt):
             mw = block_coefs(m, c0, c1, L, x.dtype, reps)
             aw = block_coefs(a, c0, c1, L, x.dtype, reps)
             bw = block_coefs(b, c0, c1, L, x.dtype, reps)
-            for r in range(r0, r1, reps):  # reps whole rows per sweep, or one row's block
-                n = (min(r1, r + reps) - r) * W if reps > 1 else nj
-                affine(borrow(x, r * W + j0, n), borrow(out, r * W + j0, n), mw, aw, bw, nt)
+            for r in range(r0, r1, reps):  # reps rows' blocks per sweep (contiguous: reps > 1 only when nj == W)
+                at = r * W + j0
+                n = (min(r1, r + reps) - r) * nj
+                affine(borrow(x, at, n), borrow(out, at, n), mw, aw, bw, nt)
         fence(nt)
 
 
@@ -231,8 +232,8 @@ def _affine2(dy, x, a, b, m, k, out, chunk, row_block, nt):
             mw = block_coefs(m, c0, c1, L, x.dtype, reps)
             kw = block_coefs(k, c0, c1, L, x.dtype, reps)
             for r in range(r0, r1, reps):
-                n = (min(r1, r + reps) - r) * W if reps > 1 else nj
                 at = r * W + j0
+                n = (min(r1, r + reps) - r) * nj
                 affine2(borrow(dy, at, n), borrow(x, at, n), borrow(out, at, n), aw, bw, mw, kw, nt)
         fence(nt)
 
