@@ -4,7 +4,8 @@ of this tree and of another tree's copy of the package, in one process, alternat
 rounds: the other tree's normkit is imported as a second package (`normkit_ab`, through a
 symbolic link in a temporary directory; the kernels import each other relatively, and
 Numba caches each source file apart). Medians in us over rounds of 50 calls; outputs
-checked equal. Arrays start on a cache line (stream.aligned_empty; NumPy's own allocations
+checked equal. SUMS=1 in the environment times the reductions alone instead: the
+forward's moments (norm.moments) and the backward's paired sums (norm.grad_sums). Arrays start on a cache line (stream.aligned_empty; NumPy's own allocations
 land 16 bytes past one at random, which moves streamed kernels by up to 1.5x,
 output_buffers.py; the records before the borrowed views used NumPy's). THREADS=n in the environment: n threads (default: Numba's).
 Usage: kernel_ab.py OTHER_TREE SHAPE [SHAPE ...]"""
@@ -54,15 +55,20 @@ for spec in sys.argv[2:]:
         outs[k] = (out, dx, mean, var, dw, db)
     for a, bb in zip(*outs.values()):
         assert np.allclose(a, bb, rtol=1e-5, atol=1e-5)
-    res = {(k, d): [] for k in forms for d in ("fwd", "bwd", "eval")}
+    dirs = ("moments", "sums") if os.environ.get("SUMS") else ("fwd", "bwd", "eval")
+    res = {(k, d): [] for k in forms for d in dirs}
     for _ in range(7):
         for k, mod in forms.items():
             out, dx = aligned_empty(x.shape, x.dtype), aligned_empty(x.shape, x.dtype)
             mean, var, rstd = mod.forward_batch(x, w, b, 1e-5, out)
+            if "sums" in dirs:
+                res[k, "moments"].append(rounds(lambda: mod.moments(x)))
+                res[k, "sums"].append(rounds(lambda: mod.grad_sums(dy, x, mean)))
+                continue
             res[k, "fwd"].append(rounds(lambda: mod.forward_batch(x, w, b, 1e-5, out)))
             res[k, "bwd"].append(rounds(lambda: mod.backward(dy, x, mean, rstd, w, True, dx)))
             res[k, "eval"].append(rounds(lambda: mod.forward_fixed(x, mean, var, w, b, 1e-5, out)))
     print(spec)
     for k in forms:
         print(f"  {k:16s}" + "   ".join(f"{d} {np.median(v):8.1f} us ({min(v):.0f}-{max(v):.0f})"
-                                        for d in ("fwd", "bwd", "eval") for v in [res[k, d]]))
+                                        for d in dirs for v in [res[k, d]]))

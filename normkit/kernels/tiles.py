@@ -10,8 +10,10 @@ block. LLVM's loop vectoriser does not find this form from a Numba loop (it
 vectorises the row loop with gathers, ``docs/experiments/col_tiles.py``), so
 :func:`tile_sums` writes it as IR. A tile walks down a block of rows and the next
 tile walks the same rows further right, an order the hardware's stream
-prefetcher does not follow on short rows, so each tile prefetches its own lines
-of the next block, into L2 (:data:`LOCALITY`). Measured against the two-rows
+prefetcher does not follow on short rows, so the tiles prefetch the next block
+into L2 (:data:`LOCALITY`): each step of their row loops fetches one tile's row
+of it (two lines of float32), in memory order -- the block's first row from left
+to right, then the next row. Measured against the two-rows
 sweep, two threads (``docs/experiments/col_tiles_sums.py``, an Intel Xeon): the
 forward moments and the backward's paired sums 1.1-1.7x faster, in cache and
 above it; without the prefetches the paired sums were 1.2-1.5x slower on rows
@@ -39,11 +41,17 @@ VECTORS = 4
 TILE = LANES * VECTORS
 #: Rows per block: the tile's sums go back to memory once per this many rows.
 TILE_ROWS = 16
-#: Rows ahead that each tile prefetches its lines: a tile walks down a block of rows
-#: and then the next tile walks the same rows again further right, an order the
-#: hardware's stream prefetcher does not follow on rows of 1 KB (256 float32 columns);
-#: each tile fetches its own lines of the next block (a prefetch never faults, so the
-#: rows after the last are harmless).
+#: Rows from a block to the first row its prefetches fetch: the next block's. A tile
+#: walks down a block of rows and then the next tile walks the same rows again further
+#: right, an order the hardware's stream prefetcher does not follow on rows of 1 KB
+#: (256 float32 columns). The steps of the tiles' row loops (``ntiles * TILE_ROWS``)
+#: fetch the next block's lines of whole tiles in memory order, a stream the memory
+#: system serves faster than the tiles' own order: the backward's paired sums
+#: 1.13-1.25x faster on 16384x256, 25088x256, 8192x512 and 65536x1024, level on
+#: 1568x2048 and 25088x64, the moments level (AMD EPYC, against each tile fetching
+#: its own lines ``AHEAD`` rows down; ``SUMS=1 docs/experiments/kernel_ab.py``).
+#: Twice as far ahead was no faster. A prefetch never faults, so the rows after the
+#: last are harmless.
 AHEAD = TILE_ROWS
 #: The prefetches' locality hint: ``llvm.prefetch``'s 2 (x86 ``prefetcht1``: into L2, not
 #: L1). A tile's rows lie a power-of-two row length apart on common channel counts, so
@@ -130,6 +138,12 @@ def tile_sums(typingctx, u, v, uw, vw, r0, r1, j0, ntiles, a1, a2):
             builder.call(fetch, [builder.bitcast(builder.gep(row, [col]), i8p), ir.Constant(i32, 0),
                                  ir.Constant(i32, LOCALITY), ir.Constant(i32, 1)])
 
+        # The prefetches walk the next block in memory order: the i-th step of the tiles'
+        # row loops fetches tile i % ntiles of the next block's row i // ntiles.
+        pr = cgutils.alloca_once_value(builder, ir.Constant(intp, 0))
+        pt = cgutils.alloca_once_value(builder, ir.Constant(intp, 0))
+        one = ir.Constant(intp, 1)
+
         with cgutils.for_range(builder, nt_v) as tiles:
             first = builder.mul(tiles.index, ir.Constant(intp, TILE))
             ks, kv, cols = [], [], []
@@ -141,10 +155,17 @@ def tile_sums(typingctx, u, v, uw, vw, r0, r1, j0, ntiles, a1, a2):
                 builder.store(builder.load(at(p2, i, vd), align=8), acc2[k])
                 cols.append(builder.add(j0_v, i))
             with cgutils.for_range_slice(builder, r0_v, r1_v, ir.Constant(intp, 1)) as (r, _):
+                prow = builder.add(r0_v, builder.load(pr))
+                pcol = builder.add(j0_v, builder.mul(builder.load(pt), ir.Constant(intp, TILE)))
                 for k in range(0, VECTORS, max(1, 64 // (LANES * isz))):  # one per cache line
-                    prefetch(ub, ustride, r, cols[k])
+                    col = builder.add(pcol, ir.Constant(intp, k * LANES))
+                    prefetch(ub, ustride, prow, col)
                     if not square:
-                        prefetch(vb, vstride, r, cols[k])
+                        prefetch(vb, vstride, prow, col)
+                following = builder.add(builder.load(pt), one)
+                wrap = builder.icmp_signed("==", following, nt_v)
+                builder.store(builder.select(wrap, ir.Constant(intp, 0), following), pt)
+                builder.store(builder.add(builder.load(pr), builder.zext(wrap, intp)), pr)
                 for k in range(VECTORS):
                     d = builder.fsub(row_vector(ub, ustride, r, cols[k]), ks[k], flags=_FLAGS)
                     e = d if square else builder.fsub(row_vector(vb, vstride, r, cols[k]), kv[k], flags=_FLAGS)
