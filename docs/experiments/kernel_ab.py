@@ -1,15 +1,15 @@
 """BatchNorm2d's training forward, backward and eval kernels (norm.forward_batch, norm.backward,
-norm.forward_fixed)
-of this tree and of another tree's copy of the package, in one process, alternating
-rounds: the other tree's normkit is imported as a second package (`normkit_ab`, through a
-symbolic link in a temporary directory; the kernels import each other relatively, and
-Numba caches each source file apart). Medians in us over rounds of 50 calls; outputs
-checked equal. SUMS=1 in the environment times the reductions alone instead: the
-forward's moments (norm.moments) and the backward's paired sums (norm.grad_sums), with
-each tree's largest errors against float64 NumPy (relative to the largest value). Arrays start on a cache line (stream.aligned_empty; NumPy's own allocations
-land 16 bytes past one at random, which moves streamed kernels by up to 1.5x,
-output_buffers.py; the records before the borrowed views used NumPy's). THREADS=n in the environment: n threads (default: Numba's).
-Usage: kernel_ab.py OTHER_TREE SHAPE [SHAPE ...]"""
+norm.forward_fixed) of this tree and of another tree's copy of the package, in one process,
+alternating rounds: the other tree's normkit is imported as a second package (`normkit_ab`,
+through a symbolic link in a temporary directory; the kernels import each other relatively,
+and Numba caches each source file apart). Medians in us over rounds of 50 calls; outputs
+checked equal. SUMS=1 in the environment times the reductions alone instead: the forward's
+moments (norm.moments) and the backward's paired sums (norm.grad_sums), and prints each
+tree's largest errors against float64 NumPy (relative to the largest value). Arrays start on
+a cache line (stream.aligned_empty; NumPy's own allocations land 16 bytes past one at random,
+which moves streamed kernels by up to 1.5x, output_buffers.py; the records before the
+borrowed views used NumPy's). THREADS=n in the environment: n threads (default: Numba's).
+Usage: [SUMS=1] kernel_ab.py OTHER_TREE SHAPE [SHAPE ...]"""
 import importlib
 import os
 import sys
