@@ -9,7 +9,7 @@ from numba import njit, prange
 from numba.core.errors import TypingError
 
 from normkit.kernels._jit import helper
-from normkit.kernels.views import borrow, run_of
+from normkit.kernels.views import borrow, row_of, run_of
 
 
 @njit
@@ -31,6 +31,15 @@ def _runs_sum(a):
     for t in prange(P * C):
         r = run_of(a, t // C, t % C)
         out[t // C, t % C] = r.sum()
+    return out
+
+
+@njit(parallel=True)
+def _rows_sum(a):
+    """Per r the sum of row_of(a, r), in a parallel loop as the kernels use it."""
+    out = np.empty(a.shape[0])
+    for r in prange(a.shape[0]):
+        out[r] = row_of(a, r).sum()
     return out
 
 
@@ -60,6 +69,11 @@ def test_borrow_covers_the_flat_range_and_writes_through(case):
 def test_run_of_is_the_run_of_a_row_and_channel():
     a = np.random.default_rng(0).standard_normal((3, 5, 7))
     np.testing.assert_allclose(_runs_sum(a), a.sum(axis=2), rtol=1e-12)
+
+
+def test_row_of_is_a_row():
+    a = np.random.default_rng(0).standard_normal((6, 9))
+    np.testing.assert_allclose(_rows_sum(a), a.sum(axis=1), rtol=1e-12)
 
 
 def test_borrow_rejects_arrays_it_cannot_view_flat():

@@ -99,18 +99,19 @@ def segment_task(t, C, L, cb):
 
 
 @helper
-def block_tasks(P, C, L, row_block, short_streamed):
+def block_tasks(P, C, L, row_block, nt, itemsize):
     """(channels per block, rows per sweep, rows per task, number of tasks) of the
-    blocks pattern. Each row of a block is a sweep of its own, except where its
-    values would be streamed but a row is too short to stream
-    (``short_streamed``: under :data:`.stream.NT_MIN_RUN` bytes) and the block
-    spans every channel: consecutive rows are then contiguous, and a sweep covers
+    blocks pattern over items of ``itemsize`` bytes. Each row of a block is a sweep
+    of its own, except where its values are streamed (``nt``) but a row is too
+    short to stream (under :data:`.stream.NT_MIN_RUN` bytes) and the block spans
+    every channel: consecutive rows are then contiguous, and a sweep covers
     several of them (coefficients tiled to match), about :data:`BLOCK_COLS`
     values, which stream. Measured on an AMD EPYC (``docs/experiments/borrowed_views.py``):
     rows one by one over the coefficients themselves were level with or faster
     than tiled sweeps (1.1-1.3x on rows of 256-512 values) everywhere but on
     streamed rows of 64 values, where the tiled sweeps were 1.2-1.8x faster."""
     cb = block_channels(C, L)
+    short_streamed = nt != 0 and C * L * itemsize < NT_MIN_RUN
     reps = max(1, BLOCK_COLS // (C * L)) if cb == C and short_streamed else 1
     rows = max(1, row_block // (cb * L)) // reps * reps
     rows = max(reps, rows)
@@ -173,7 +174,7 @@ def _affine(x, m, a, b, out, chunk, row_block, nt):
             fence(nt)
         return
     W = C * L
-    cb, reps, rows, tasks = block_tasks(P, C, L, row_block, nt != 0 and W * x.itemsize < NT_MIN_RUN)
+    cb, reps, rows, tasks = block_tasks(P, C, L, row_block, nt, x.itemsize)
     nw = workers(tasks)
     for w in prange(nw):
         t0, t1 = span(w, nw, tasks)
@@ -219,7 +220,7 @@ def _affine2(dy, x, a, b, m, k, out, chunk, row_block, nt):
             fence(nt)
         return
     W = C * L
-    cb, reps, rows, tasks = block_tasks(P, C, L, row_block, nt != 0 and W * x.itemsize < NT_MIN_RUN)
+    cb, reps, rows, tasks = block_tasks(P, C, L, row_block, nt, x.itemsize)
     nw = workers(tasks)
     for w in prange(nw):
         t0, t1 = span(w, nw, tasks)

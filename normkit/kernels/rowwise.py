@@ -48,7 +48,7 @@ from . import norm
 from ._jit import helper, twin
 from .reduce import apart
 from .stream import fence, span, stream_map, streams, workers
-from .views import borrow
+from .views import borrow, row_of
 
 __all__ = ["ROW_CHUNK", "ROW_FUSE_MAX", "TASKS_MAX", "TASK_ELEMS", "backward_tasks", "row_backward", "row_forward"]
 
@@ -140,19 +140,19 @@ def _set_grad_coefficients(coef, r, mean, rstd, s1, s2, n, center):
 
 
 def _forward_fused(x, w, b, eps, center, out, mean, var, rstd, coef, nt):
-    R, D = x.shape
+    R = x.shape[0]
     nw = workers(R)
     for wk in prange(nw):
         r0, r1 = span(wk, nw, R)
         for r in range(r0, r1):
-            xr = borrow(x, r * D, D)
+            xr = row_of(x, r)
             mu, v = _row_stats(xr, center)
             rs = 1.0 / np.sqrt(v + eps)
             mean[r] = mu
             var[r] = v
             rstd[r] = rs
             _set_coefficients(coef, r, mu, rs)
-            _row_apply(xr, borrow(out, r * D, D), coef[0, r], coef[1, r], coef[2, r], w, b, nt)
+            _row_apply(xr, row_of(out, r), coef[0, r], coef[1, r], coef[2, r], w, b, nt)
         fence(nt)
 
 
@@ -192,12 +192,12 @@ def _backward_fused(dy, x, w, mean, rstd, center, dx, need_dx, tasks, coef, dw, 
         aw[:] = 0.0
         ab[:] = 0.0
         for r in range(t * R // tasks, (t + 1) * R // tasks):
-            dyr = borrow(dy, r * D, D)
-            xr = borrow(x, r * D, D)
+            dyr = row_of(dy, r)
+            xr = row_of(x, r)
             s1, s2 = _row_sums(dyr, xr, w, mean[r], rstd[r], aw, ab)
             if need_dx:
                 _set_grad_coefficients(coef, r, mean[r], rstd[r], s1, s2, D, center)
-                _row_dx(dyr, xr, borrow(dx, r * D, D), w, coef[0, r], coef[1, r], coef[2, r], coef[3, r], nt)
+                _row_dx(dyr, xr, row_of(dx, r), w, coef[0, r], coef[1, r], coef[2, r], coef[3, r], nt)
         fence(nt)
     for j in range(D):
         dw[j] = 0.0

@@ -27,7 +27,7 @@ from numba.extending import intrinsic
 
 from ._jit import helper
 
-__all__ = ["borrow", "run_of"]
+__all__ = ["borrow", "row_of", "run_of"]
 
 
 @intrinsic
@@ -63,3 +63,10 @@ def run_of(a, p, c):
     ``(P, C, L)`` array, as a :func:`borrow`-ed view."""
     L = a.shape[2]
     return borrow(a, (p * a.shape[1] + c) * L, L)
+
+
+@helper(inline=True)
+def row_of(a, r):
+    """``a[r]``, row ``r`` of a C-contiguous 2-D array, as a :func:`borrow`-ed view."""
+    D = a.shape[1]
+    return borrow(a, r * D, D)
